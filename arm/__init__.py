@@ -1,0 +1,1 @@
+"""arm: unified autoregressive multimodal model."""

@@ -1,0 +1,5 @@
+import sys
+
+from arm.cli import main
+
+sys.exit(main())

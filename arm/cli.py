@@ -1,0 +1,169 @@
+"""The `arm` command: one subcommand per lifecycle stage, plus data and config utilities.
+
+    arm prepare --config configs/default.yaml [section.key=value ...]
+    arm world generate --out data --num-scenes 10000 --size 64 --seed 0
+    arm world parse image.png
+    arm import captions|jsonl|edits|qa SRC --out data [--append | --overwrite]
+    arm data ensure
+    arm config show --config configs/small.yaml
+
+A user's mistake (bad config key, missing file, unusable data) prints one line saying what to change
+and exits with status 2; a traceback means a bug in arm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DEFAULT_CONFIG = "configs/default.yaml"
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML preset (default {DEFAULT_CONFIG})")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides")
+
+
+def _load(args):
+    from arm.config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+def cmd_prepare(args) -> None:
+    from arm.prepare import prepare
+
+    prepare(_load(args))
+
+
+def cmd_world_generate(args) -> None:
+    from arm.config import load_config
+    from arm.progress import progress
+    from arm.world.dataset import WorldSpec, generate_world
+
+    d = load_config(args.config if Path(args.config).exists() else None, args.overrides).data
+    spec = WorldSpec(
+        num_scenes=args.num_scenes if args.num_scenes is not None else d.num_scenes,
+        num_eval_scenes=args.num_eval_scenes if args.num_eval_scenes is not None else d.num_eval_scenes,
+        num_holdout_scenes=args.num_holdout_scenes if args.num_holdout_scenes is not None else d.num_holdout_scenes,
+        size=args.size if args.size is not None else d.image_size,
+        seed=args.seed if args.seed is not None else d.seed,
+        jitter=d.jitter, max_objects=d.max_objects, questions_per_scene=d.questions_per_scene,
+    )
+    out = args.out or d.root
+    total = sum(spec.count(s) for s in ("train", "val", "test", "holdout"))
+    with progress(total=total, desc="world scenes") as bar:
+        counts = generate_world(out, spec, overwrite=args.overwrite, progress=lambda done, _: bar.update(1))
+    print(f"wrote {out}: " + json.dumps({s: sum(c.values()) for s, c in counts.items()}) + " records")
+    if args.track:
+        from arm.data.versioning import dvc_executable, world_meta, write_meta
+        import subprocess
+
+        subprocess.run([dvc_executable(), "add", str(out)], check=True)
+        write_meta(Path(f"{Path(out).name}.dvc"), world_meta(spec))
+        print(f"tracked {out} in {Path(out).name}.dvc with its generation parameters")
+
+
+def cmd_world_parse(args) -> None:
+    from PIL import Image
+
+    from arm.world.texts import caption
+    from arm.world.verifier import parse
+
+    for path in args.images:
+        with Image.open(path) as im:
+            scene = parse(im, args.size)
+        print(f"{path}: {caption(scene) or '(empty)'}")
+
+
+def cmd_import(args) -> None:
+    from arm.config import load_config
+    from arm.data.importers import IMPORTERS
+    from arm.data.manifest import Limits
+
+    cfg = load_config(args.config if Path(args.config).exists() else None, args.overrides)
+    mode = "append" if args.append else "overwrite" if args.overwrite else "new"
+    out = args.out or cfg.data.root
+    report = IMPORTERS[args.kind](args.src, out, Limits.from_config(cfg.data), mode=mode)
+    print(f"import {args.kind}: {report.summary()}; report in {Path(out) / 'import_report.json'}")
+    print(f"next: `dvc add {out}` to version it, then `dvc repro`")
+
+
+def cmd_data_ensure(args) -> None:
+    from arm.data.versioning import ensure_data
+
+    cfg = _load(args)
+    how = ensure_data(cfg.data.root, cfg.data.manifest, args.dvc_file)
+    print(f"data: {cfg.data.root} is {how}")
+
+
+def cmd_config_show(args) -> None:
+    from arm.config import to_yaml
+
+    print(to_yaml(_load(args)), end="")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="arm", description="Train, evaluate and serve a unified autoregressive "
+                                     "multimodal model (ARM).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="validate the manifest, make splits, text tokenizer, shards")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_prepare)
+
+    world = sub.add_parser("world", help="the Shapes world: generate a dataset, parse images").add_subparsers(
+        dest="world_command", required=True)
+    p = world.add_parser("generate", help="write the world dataset (images + manifest), deterministically")
+    p.add_argument("--out", help="dataset folder (default: data.root)")
+    p.add_argument("--num-scenes", type=int, help="training scenes (default: data.num_scenes)")
+    p.add_argument("--num-eval-scenes", type=int, help="validation and test scenes each")
+    p.add_argument("--num-holdout-scenes", type=int, help="compositional hold-out scenes")
+    p.add_argument("--size", type=int, help="image side in pixels (default: data.image_size)")
+    p.add_argument("--seed", type=int, help="world seed (default: data.seed)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing world in --out")
+    p.add_argument("--track", action="store_true", help="then `dvc add` it and record the parameters in its .dvc")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_world_generate)
+    p = world.add_parser("parse", help="print the scene the verifier reads in each image")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--size", type=int, default=64)
+    p.set_defaults(func=cmd_world_parse)
+
+    p = sub.add_parser("import", help="import your data into the manifest format")
+    p.add_argument("kind", choices=("captions", "jsonl", "edits", "qa"))
+    p.add_argument("src", help="folder (captions) or JSONL file (jsonl, edits, qa)")
+    p.add_argument("--out", help="dataset folder (default: data.root)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--append", action="store_true", help="add to an existing manifest")
+    mode.add_argument("--overwrite", action="store_true", help="replace an existing manifest")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_import)
+
+    data = sub.add_parser("data", help="the versioned dataset").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("ensure", help="restore data/ from the DVC cache or regenerate it from data.dvc")
+    p.add_argument("--dvc-file", default="data.dvc")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_data_ensure)
+
+    config = sub.add_parser("config", help="configuration").add_subparsers(dest="config_command", required=True)
+    p = config.add_parser("show", help="print the merged configuration")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_config_show)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"arm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""Typed configuration: dataclass sections merged with OmegaConf.
+
+One section per lifecycle stage (plus `run` and `data`), the same name as the DVC stage, the CLI
+subcommand and the Prefect task. `load_config` merges the structured defaults, a YAML preset and a
+dotlist of overrides; an unknown key or a wrong type fails at load with a ValueError naming the key
+and where it came from.
+
+>>> cfg = load_config("configs/default.yaml", ["data.num_scenes=2000"])
+>>> cfg.data.num_scenes
+2000
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+SPLITS = ("train", "val", "test", "holdout")
+
+
+@dataclass
+class RunConfig:
+    """Where outputs go and the global seed."""
+
+    seed: int = 0
+    artifacts_dir: str = "artifacts"
+    # TensorBoard: every stage logs under this one directory (one run, one folder per stage).
+    log_dir: str = "artifacts/logs"
+
+    def __post_init__(self):
+        if not self.artifacts_dir:
+            raise ValueError("run.artifacts_dir must be a folder path, e.g. artifacts")
+
+
+@dataclass
+class DataConfig:
+    """The raw dataset under `root` (tracked by data.dvc) and how the default world is generated."""
+
+    root: str = "data"
+    manifest: str = "manifest.jsonl"  # relative to root
+    # The Shapes world (`arm world generate` reads these unless flags say otherwise).
+    num_scenes: int = 10000
+    num_eval_scenes: int = 500
+    num_holdout_scenes: int = 300
+    image_size: int = 64  # also the side every image is resized to in `prepare`
+    seed: int = 0
+    jitter: float = 0.04
+    max_objects: int = 3
+    questions_per_scene: int = 2
+    # Limits for users' data: larger images and longer texts are skipped and counted.
+    max_image_side: int = 4096
+    max_image_pixels: int = 4096 * 4096
+    max_text_chars: int = 2000
+
+    def __post_init__(self):
+        if self.image_size < 8:
+            raise ValueError(f"data.image_size must be at least 8, got {self.image_size}")
+        if not 1 <= self.max_objects <= 4:
+            raise ValueError(f"data.max_objects must be 1 to 4, got {self.max_objects}")
+
+
+@dataclass
+class PrepareConfig:
+    """Manifest validation, splits, the text tokenizer and training shards."""
+
+    # A tokenizer.json to use instead of training one (e.g. a pretrained LLM's); special tokens are added.
+    tokenizer_json: Optional[str] = None
+    vocab_size: int = 512
+    min_frequency: int = 2
+    # For records without a split: fractions assigned by a hash of the id (stable under additions).
+    val_fraction: float = 0.05
+    test_fraction: float = 0.05
+    shard_size: int = 4096  # images per shard file
+
+    def __post_init__(self):
+        if not 0 <= self.val_fraction + self.test_fraction < 1:
+            raise ValueError("prepare.val_fraction + prepare.test_fraction must be in [0, 1) so that "
+                             f"some data is left to train on; got {self.val_fraction} + {self.test_fraction}")
+        if self.vocab_size < 300:
+            raise ValueError(f"prepare.vocab_size must be at least 300 (256 byte symbols + merges), got {self.vocab_size}")
+        if self.shard_size < 1:
+            raise ValueError("prepare.shard_size must be positive")
+
+
+@dataclass
+class ArmConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+
+    @property
+    def artifacts(self) -> Path:
+        return Path(self.run.artifacts_dir)
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.artifacts / stage
+
+    @property
+    def manifest_path(self) -> Path:
+        return Path(self.data.root) / self.data.manifest
+
+
+def _explain(error: OmegaConfBaseException, source: str) -> ValueError:
+    key = getattr(error, "full_key", None) or "?"
+    message = str(error).splitlines()[0]
+    if "not in" in message or "Key '" in message and "not" in message:
+        fix = "remove it or check the spelling against `arm config show`"
+    else:
+        fix = "give a value of the expected type"
+    return ValueError(f"{source}: bad config key '{key}': {message} ({fix})")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> ArmConfig:
+    """Defaults <- YAML file <- dotlist overrides, checked against the dataclasses."""
+    merged = OmegaConf.structured(ArmConfig)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"config file {path} not found; the presets are configs/default.yaml, "
+                             "configs/small.yaml and configs/arm-7b.yaml")
+        try:
+            file_cfg = OmegaConf.load(path)
+        except Exception as e:  # a YAML syntax error
+            raise ValueError(f"{path}: not valid YAML: {e}") from e
+        try:
+            merged = OmegaConf.merge(merged, file_cfg)
+        except OmegaConfBaseException as e:
+            raise _explain(e, str(path)) from e
+    if overrides:
+        bad = [o for o in overrides if "=" not in o]
+        if bad:
+            raise ValueError(f"overrides must look like section.key=value, got {bad}")
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        except OmegaConfBaseException as e:
+            raise _explain(e, "command-line override") from e
+    try:
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        raise _explain(e, str(path or "defaults")) from e
+
+
+def to_yaml(cfg: ArmConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def to_dict(cfg: ArmConfig) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)

@@ -1,0 +1,1 @@
+"""Users' data: the manifest schema, validation with counted skips, and importers."""

@@ -1,0 +1,114 @@
+"""Stage `prepare`: validate the manifest, assign splits, train (or load) the text tokenizer and write
+training shards.
+
+    arm prepare --config configs/default.yaml            # CPU, about a minute on the default world
+
+Reads `data/manifest.jsonl` (tracked by data.dvc) and writes `artifacts/prepare/` (see
+`arm.data.shards` for the layout). Bad records are skipped and counted in `summary.json`; nothing
+usable stops with a one-line error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from arm.config import SPLITS, ArmConfig
+from arm.data.manifest import IMAGE_FIELDS, Limits, Report, read_manifest
+from arm.progress import progress
+from arm.text_tokenizer import load_tokenizer, train_bpe
+
+
+def assign_split(record_id: str, val_fraction: float, test_fraction: float) -> str:
+    """A stable split from a hash of the id: adding records never moves existing ones."""
+    u = int.from_bytes(hashlib.sha1(record_id.encode("utf-8")).digest()[:8], "big") / 2**64
+    if u < test_fraction:
+        return "test"
+    if u < test_fraction + val_fraction:
+        return "val"
+    return "train"
+
+
+def load_square(path: Path, size: int) -> np.ndarray:
+    """(size, size, 3) uint8: centre-cropped to a square and resized (nearest when enlarging, so the
+    world's exact palette colours survive; Lanczos when shrinking)."""
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        if im.size != (size, size):
+            method = Image.NEAREST if min(im.size) < size else Image.LANCZOS
+            im = ImageOps.fit(im, (size, size), method=method)
+        return np.asarray(im, dtype=np.uint8)
+
+
+def prepare(cfg: ArmConfig) -> dict:
+    out = cfg.stage_dir("prepare")
+    root = Path(cfg.data.root)
+    report = Report()
+    records = read_manifest(cfg.manifest_path, Limits.from_config(cfg.data), report)
+    if not records:
+        reasons = ", ".join(f"{n} {r}" for r, n in report.skipped.most_common()) or "the manifest is empty"
+        raise ValueError(f"no usable records in {cfg.manifest_path} ({reasons})")
+    for r in records:
+        r.setdefault("split", assign_split(r["id"], cfg.prepare.val_fraction, cfg.prepare.test_fraction))
+    by_split: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        by_split[r["split"]].append(r)
+    if not by_split["train"]:
+        raise ValueError(f"no training records in {cfg.manifest_path}: every record has a split other than "
+                         "'train'; remove the 'split' fields or mark some records 'train'")
+
+    if out.exists():
+        shutil.rmtree(out)
+    (out / "examples").mkdir(parents=True)
+    (out / "images").mkdir()
+
+    # Text tokenizer: trained on training texts only, so evaluation text never shapes the vocabulary.
+    if cfg.prepare.tokenizer_json:
+        tokenizer = load_tokenizer(cfg.prepare.tokenizer_json)
+    else:
+        texts = [r[k] for r in by_split["train"] for k in ("text", "answer") if k in r]
+        tokenizer = train_bpe(texts, cfg.prepare.vocab_size, cfg.prepare.min_frequency)
+    tokenizer.save(str(out / "tokenizer.json"))
+
+    counts: dict[str, dict[str, int]] = {}
+    image_counts: dict[str, int] = {}
+    for split in SPLITS:
+        split_records = by_split.get(split, [])
+        # Tokenise in one batch call per field (the Rust side runs it in parallel).
+        for field in ("text", "answer"):
+            idx = [i for i, r in enumerate(split_records) if field in r]
+            encoded = tokenizer.encode_batch([split_records[i][field] for i in idx], add_special_tokens=False)
+            for i, enc in zip(idx, encoded):
+                split_records[i][f"{field}_ids"] = enc.ids
+        with open(out / "examples" / f"{split}.jsonl", "w", encoding="utf-8") as f:
+            for r in split_records:
+                f.write(json.dumps(r, ensure_ascii=False, sort_keys=True, separators=(",", ":")) + "\n")
+        counts[split] = dict(sorted(Counter(r["task"] for r in split_records).items()))
+        keys = sorted({r[k] for r in split_records for k in IMAGE_FIELDS if k in r})
+        image_counts[split] = len(keys)
+        _write_shards(out / "images", split, keys, root, cfg.data.image_size, cfg.prepare.shard_size)
+
+    summary = {
+        "records": counts,
+        "images": image_counts,
+        "vocab_size": tokenizer.get_vocab_size(),
+        "image_size": cfg.data.image_size,
+        "validation": report.to_dict(),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    print(f"prepare: {report.summary()}; images per split {image_counts}; vocabulary {tokenizer.get_vocab_size()}")
+    return summary
+
+
+def _write_shards(folder: Path, split: str, keys: list[str], root: Path, size: int, shard_size: int) -> None:
+    for start in progress(range(0, len(keys), shard_size), desc=f"prepare {split} shards"):
+        chunk = keys[start:start + shard_size]
+        pixels = np.stack([load_square(root / k, size) for k in chunk])  # (N, S, S, 3)
+        np.savez_compressed(folder / f"{split}-{start // shard_size:05d}.npz",
+                            keys=np.array(chunk), pixels=pixels)
