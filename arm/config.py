@@ -138,10 +138,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
         except OmegaConfBaseException as e:
             raise _explain(e, "command-line override") from e
+    source = str(path or "defaults") + (" with overrides" if overrides else "")
     try:
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
-        raise _explain(e, str(path or "defaults")) from e
+        raise _explain(e, source) from e
+    except ValueError as e:  # a range check in a section's __post_init__
+        raise ValueError(f"{source}: {e}") from e
 
 
 def to_yaml(cfg: ArmConfig) -> str:

@@ -1,0 +1,131 @@
+"""Stage `prepare`: splits, the text tokenizer's id layout, shards that match the images."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from arm.cli import main
+from arm.config import load_config
+from arm.data.shards import load_examples, load_images
+from arm.prepare import assign_split, prepare
+from arm.text_tokenizer import SPECIAL_TOKENS, load_tokenizer
+
+
+def _cfg(data_root: Path, artifacts: Path, *extra: str):
+    return load_config("configs/default.yaml", [f"data.root={data_root}", f"run.artifacts_dir={artifacts}", *extra])
+
+
+def test_prepare_on_the_world_writes_examples_tokenizer_and_shards(tmp_path, tiny_world):
+    cfg = _cfg(tiny_world, tmp_path / "artifacts")
+    summary = prepare(cfg)
+    out = tmp_path / "artifacts" / "prepare"
+    assert sorted(p.name for p in out.iterdir()) == ["examples", "images", "summary.json", "tokenizer.json"]
+    assert summary["validation"]["skipped_total"] == 0
+    tok = load_tokenizer(out / "tokenizer.json")
+    vocab = tok.get_vocab_size()
+    # Text ids first, then the special tokens in order, ending the vocabulary.
+    assert [tok.token_to_id(t) for t in SPECIAL_TOKENS] == list(range(vocab - len(SPECIAL_TOKENS), vocab))
+    train = load_examples(out, "train")
+    assert {r["split"] for r in train} == {"train"}
+    for r in train[:50]:
+        assert tok.decode(r["text_ids"]) == r["text"]
+        if "answer" in r:
+            assert tok.decode(r["answer_ids"]) == r["answer"]
+    keys, pixels = load_images(out, "train")
+    assert pixels.shape == (len(keys), 64, 64, 3) and pixels.dtype == np.uint8
+    # Shards hold the very pixels of the files.
+    for key, image in list(zip(keys, pixels))[:20]:
+        assert np.array_equal(np.asarray(Image.open(tiny_world / key).convert("RGB")), image)
+    needed = {r[k] for r in train for k in ("image", "source_image", "target_image") if k in r}
+    assert needed == set(keys)
+    assert summary["images"]["holdout"] > 0
+
+
+def test_prepare_is_deterministic(tmp_path, tiny_world):
+    a, b = tmp_path / "a", tmp_path / "b"
+    prepare(_cfg(tiny_world, a))
+    prepare(_cfg(tiny_world, b))
+    for rel in ("tokenizer.json", "examples/train.jsonl", "summary.json"):
+        assert (a / "prepare" / rel).read_bytes() == (b / "prepare" / rel).read_bytes()
+
+
+def test_records_without_split_get_stable_hash_splits(tmp_path):
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    lines = []
+    for i in range(300):
+        Image.new("RGB", (40, 30), (i % 255, 0, 0)).save(data / "images" / f"{i}.png")
+        lines.append(json.dumps({"id": f"r{i}", "task": "caption", "image": f"images/{i}.png",
+                                 "text": f"picture number {i}"}))
+    (data / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    cfg = _cfg(data, tmp_path / "artifacts", "prepare.val_fraction=0.1", "prepare.test_fraction=0.1")
+    summary = prepare(cfg)
+    counts = {s: sum(c.values()) for s, c in summary["records"].items()}
+    assert counts["train"] + counts["val"] + counts["test"] == 300
+    assert 10 <= counts["val"] <= 55 and 10 <= counts["test"] <= 55
+    assert assign_split("r7", 0.1, 0.1) == assign_split("r7", 0.1, 0.1)
+    # Non-square images are centre-cropped and resized to data.image_size.
+    _, pixels = load_images(tmp_path / "artifacts" / "prepare", "train")
+    assert pixels.shape[1:] == (64, 64, 3)
+
+
+def test_a_given_tokenizer_json_is_used_with_special_tokens_added(tmp_path, tiny_world):
+    from arm.text_tokenizer import train_bpe
+
+    tok = train_bpe(["hello world"] * 10, vocab_size=300)
+    given = tmp_path / "given.json"
+    tok.save(str(given))
+    cfg = _cfg(tiny_world, tmp_path / "artifacts", f"prepare.tokenizer_json={given}")
+    prepare(cfg)
+    used = load_tokenizer(tmp_path / "artifacts" / "prepare" / "tokenizer.json")
+    assert used.get_vocab_size() == tok.get_vocab_size()
+
+
+def test_nothing_usable_stops_with_one_line(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "manifest.jsonl").write_text('{"id": "x", "task": "caption", "image": "gone.png", "text": "t"}\n')
+    code = main(["prepare", "--config", "configs/default.yaml", f"data.root={data}",
+                 f"run.artifacts_dir={tmp_path / 'a'}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "missing_file" in err
+
+
+def test_missing_manifest_names_the_fix(tmp_path, capsys):
+    code = main(["prepare", f"data.root={tmp_path / 'nothing'}", f"run.artifacts_dir={tmp_path / 'a'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "arm world generate" in err
+
+
+def test_bad_records_in_the_manifest_are_counted_in_the_summary(tmp_path, tiny_world):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_world, data)
+    with open(data / "manifest.jsonl", "a") as f:
+        f.write("{broken\n")
+        f.write(json.dumps({"id": "extra", "task": "caption", "image": "images/none.png", "text": "t"}) + "\n")
+    summary = prepare(_cfg(data, tmp_path / "artifacts"))
+    assert summary["validation"]["skipped"] == {"bad_json": 1, "missing_file": 1}
+
+
+def test_world_generate_cli_is_byte_identical(tmp_path):
+    args = ["world", "generate", "--num-scenes", "10", "--num-eval-scenes", "2", "--num-holdout-scenes", "2",
+            "--size", "64", "--seed", "3"]
+    assert main(args + ["--out", str(tmp_path / "a")]) == 0
+    assert main(args + ["--out", str(tmp_path / "b")]) == 0
+    for p in (tmp_path / "a").rglob("*"):
+        if p.is_file():
+            assert p.read_bytes() == (tmp_path / "b" / p.relative_to(tmp_path / "a")).read_bytes()
+    assert main(args + ["--out", str(tmp_path / "a")]) == 2  # not empty: refuses
+    assert main(["world", "parse", str(next((tmp_path / "a" / "images" / "train").glob("*.png")))]) == 0
+
+
+@pytest.mark.parametrize("argv", [["config", "show"], ["config", "show", "--config", "configs/arm-7b.yaml"]])
+def test_config_show(argv, capsys):
+    assert main(argv) == 0
+    assert "prepare:" in capsys.readouterr().out
