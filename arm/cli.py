@@ -1,6 +1,7 @@
 """The `arm` command: one subcommand per lifecycle stage, plus data and config utilities.
 
     arm prepare --config configs/default.yaml [section.key=value ...]
+    arm tokenizer | arm encode                (the next stages, same arguments)
     arm world generate --out data --num-scenes 10000 --size 64 --seed 0
     arm world parse image.png
     arm import captions|jsonl|edits|qa SRC --out data [--append | --overwrite]
@@ -36,6 +37,18 @@ def cmd_prepare(args) -> None:
     from arm.prepare import prepare
 
     prepare(_load(args))
+
+
+def cmd_tokenizer(args) -> None:
+    from arm.tokenizer.stage import tokenizer_stage
+
+    tokenizer_stage(_load(args))
+
+
+def cmd_encode(args) -> None:
+    from arm.encode import encode_stage
+
+    encode_stage(_load(args))
 
 
 def cmd_world_generate(args) -> None:
@@ -113,6 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prepare", help="validate the manifest, make splits, text tokenizer, shards")
     _add_config_args(p)
     p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("tokenizer", help="train the semantic visual tokenizer (four losses, FSQ)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_tokenizer)
+
+    p = sub.add_parser("encode", help="visual tokens for every prepared image, written once")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_encode)
 
     world = sub.add_parser("world", help="the Shapes world: generate a dataset, parse images").add_subparsers(
         dest="world_command", required=True)

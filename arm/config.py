@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -87,10 +87,60 @@ class PrepareConfig:
 
 
 @dataclass
+class TokenizerConfig:
+    """The semantic visual tokenizer (stage `tokenizer`) and its four losses."""
+
+    backbone: str = "efficientnet-lite0"   # efficientnet-lite0 | siglip2 | conv
+    backbone_path: Optional[str] = None     # siglip2: a local checkpoint folder
+    backbone_stage: int = 4                 # efficientnet-lite0: the block whose output is the feature grid
+    grid: int = 8                           # tokens per side
+    fsq_levels: List[int] = field(default_factory=lambda: [8, 5, 5, 5])
+    hidden: int = 128
+    decoder_channels: int = 128
+    decoder_blocks: int = 2
+    refine_channels: int = 16
+    text_encoder: str = "minilm"            # minilm | siglip2
+    text_encoder_path: Optional[str] = None
+    caption_dim: int = 128
+    caption_layers: int = 2
+    max_caption_tokens: int = 48
+    # Loss weights (ARM reports 1, 5, 5, 1 without naming the order).
+    w_pix: float = 1.0
+    w_feat: float = 1.0
+    w_sig: float = 0.1
+    w_cap: float = 0.1
+    foreground_weight: float = 3.0          # L_pix weight of pixels that are not background
+    # Optimisation
+    max_train_images: int = 12000
+    batch_size: int = 64
+    max_steps: int = 3000
+    lr: float = 2e-3
+    warmup_steps: int = 200
+    weight_decay: float = 0.0
+    precision: str = "32-true"
+    accelerator: str = "auto"
+    devices: int = 1
+    val_every_steps: int = 500
+    num_val_images: int = 500
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.backbone not in ("efficientnet-lite0", "siglip2", "conv"):
+            raise ValueError(f"tokenizer.backbone must be efficientnet-lite0, siglip2 or conv, got {self.backbone!r}")
+        if self.text_encoder not in ("minilm", "siglip2"):
+            raise ValueError(f"tokenizer.text_encoder must be minilm or siglip2, got {self.text_encoder!r}")
+        if any(level < 2 for level in self.fsq_levels):
+            raise ValueError(f"tokenizer.fsq_levels must all be >= 2, got {self.fsq_levels}")
+        if min(self.w_pix, self.w_feat, self.w_sig, self.w_cap) < 0:
+            raise ValueError("tokenizer loss weights must be >= 0")
+
+
+@dataclass
 class ArmConfig:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
 
     @property
     def artifacts(self) -> Path:

@@ -45,3 +45,15 @@ def progress(iterable=None, desc: str = "", total: int | None = None):
     if sys.stderr.isatty():
         return tqdm(iterable, desc=desc, total=total, dynamic_ncols=True)
     return _LogProgress(iterable, desc, total)
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's advertising and warnings that do not apply to us (a frozen backbone is meant to
+    stay in eval mode; small CPU runs need no dataloader workers)."""
+    import logging
+    import warnings
+
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    for message in (r".*module\(s\) in eval mode.*", r".*does not have many workers.*",
+                    r".*LeafSpec.*is deprecated.*", r".*isinstance\(treespec, LeafSpec\).*"):
+        warnings.filterwarnings("ignore", message=message)

@@ -1,0 +1,161 @@
+"""Stage `tokenizer`: train the semantic visual tokenizer on the prepared images.
+
+    arm tokenizer --config configs/default.yaml          # CPU, a few minutes on the default world
+    tensorboard --logdir artifacts/logs                   # losses, PSNR, code usage, reconstructions
+
+Writes `artifacts/tokenizer/` (model.safetensors, config.json, metrics.json). Checkpoints go to
+`artifacts/checkpoints/tokenizer/` outside the DVC outputs, so an interrupted run resumes exactly
+(same batches, same optimiser state) when started again with the same configuration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from arm.config import ArmConfig
+from arm.progress import progress, quiet_lightning
+from arm.tokenizer.data import EvalBatches, StepBatches, load_captioned_images
+from arm.tokenizer.metrics import code_statistics, encode_all, exact_recovery, probe_scores, retrieval
+from arm.tokenizer.model import TokenizerModelConfig, VisualTokenizer
+from arm.tokenizer.text_encoders import build_text_encoder
+from arm.tokenizer.train import TokenizerModule, psnr
+
+
+def model_config(cfg: ArmConfig, text_dim: int, vocab_size: int) -> TokenizerModelConfig:
+    t = cfg.tokenizer
+    return TokenizerModelConfig(
+        backbone=t.backbone, backbone_path=t.backbone_path, backbone_stage=t.backbone_stage,
+        image_size=cfg.data.image_size, grid=t.grid, fsq_levels=list(t.fsq_levels), hidden=t.hidden,
+        decoder_channels=t.decoder_channels, decoder_blocks=t.decoder_blocks, refine_channels=t.refine_channels,
+        text_dim=text_dim, vocab_size=vocab_size, caption_dim=t.caption_dim, caption_layers=t.caption_layers,
+        max_caption_tokens=t.max_caption_tokens,
+    )
+
+
+@torch.no_grad()
+def cache_features(model: VisualTokenizer, pixels, desc: str, batch_size: int = 256) -> torch.Tensor:
+    """Frozen backbone features for every image, computed once: (N, C, g, g)."""
+    from arm.images import to_tensor
+
+    chunks = []
+    for start in progress(range(0, len(pixels), batch_size), desc=desc):
+        chunks.append(model.features(to_tensor(pixels[start:start + batch_size])))
+    return torch.cat(chunks)
+
+
+def fingerprint(cfg: ArmConfig, prepare_dir: Path) -> str:
+    """Identifies a training run: its config and the prepared data it reads."""
+    h = hashlib.sha256(json.dumps(asdict(cfg.tokenizer), sort_keys=True).encode())
+    h.update(str(cfg.data.image_size).encode())
+    summary = prepare_dir / "summary.json"
+    if summary.exists():
+        h.update(summary.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def tokenizer_stage(cfg: ArmConfig, *, max_steps: int | None = None) -> dict:
+    import lightning as L
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from arm.text_tokenizer import load_tokenizer
+
+    quiet_lightning()
+    t = cfg.tokenizer
+    max_steps = max_steps or t.max_steps
+    started = time.monotonic()
+    prepare_dir = cfg.stage_dir("prepare")
+    if not (prepare_dir / "summary.json").exists():
+        raise ValueError(f"{prepare_dir} has no prepared data; run `arm prepare` (or `dvc repro prepare`) first")
+    out = cfg.stage_dir("tokenizer")
+    ckpt_dir = cfg.artifacts / "checkpoints" / "tokenizer"
+    L.seed_everything(t.seed, workers=True, verbose=False)
+    torch.manual_seed(t.seed)
+
+    text_tokenizer = load_tokenizer(prepare_dir / "tokenizer.json")
+    train = load_captioned_images(prepare_dir, "train", t.max_train_images)
+    val = load_captioned_images(prepare_dir, "val", t.num_val_images)
+    if len(train) == 0:
+        raise ValueError(f"no training images in {prepare_dir}; the tokenizer needs image records")
+    print(f"tokenizer: {len(train)} training images, {len(val)} validation images", file=sys.stderr)
+
+    encoder = build_text_encoder(t.text_encoder, t.text_encoder_path)
+    text_emb = {"train": encoder.encode(train.captions), "val": encoder.encode(val.captions)}
+    del encoder
+    mcfg = model_config(cfg, text_emb["train"].shape[1], text_tokenizer.get_vocab_size())
+    module = TokenizerModule(asdict(mcfg), {"pix": t.w_pix, "feat": t.w_feat, "sig": t.w_sig, "cap": t.w_cap},
+                             lr=t.lr, warmup_steps=t.warmup_steps, max_steps=max_steps,
+                             weight_decay=t.weight_decay, foreground_weight=t.foreground_weight)
+    frozen = not module.model.backbone_trainable
+    features = {s: (cache_features(module.model, d.pixels, f"tokenizer {s} features") if frozen else None)
+                for s, d in (("train", train), ("val", val))}
+
+    # Resume only a run of this very configuration and data.
+    print_ = fingerprint(cfg, prepare_dir)
+    stamp = ckpt_dir / "fingerprint.txt"
+    last = ckpt_dir / "last.ckpt"
+    resume = last if last.exists() and stamp.exists() and stamp.read_text() == print_ else None
+    start_step = 0
+    if resume is not None:
+        start_step = int(torch.load(resume, map_location="cpu", weights_only=False)["global_step"])
+        print(f"tokenizer: resuming from {resume} at step {start_step}", file=sys.stderr)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(print_)
+
+    train_batches = StepBatches(train, features["train"], text_emb["train"], t.batch_size, max_steps, t.seed,
+                                t.max_caption_tokens, start_step)
+    val_batches = EvalBatches(val, features["val"], text_emb["val"], 128, t.max_caption_tokens)
+    loader = torch.utils.data.DataLoader(train_batches, batch_size=None, shuffle=False)
+    val_loader = torch.utils.data.DataLoader(val_batches, batch_size=None, shuffle=False)
+    trainer = L.Trainer(
+        max_steps=max_steps, max_epochs=-1, accelerator=t.accelerator, devices=t.devices, precision=t.precision,
+        logger=TensorBoardLogger(cfg.run.log_dir, name="tokenizer", version="", default_hp_metric=False),
+        callbacks=[ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=t.val_every_steps,
+                                   save_top_k=0),
+                   LearningRateMonitor(logging_interval="step")],
+        val_check_interval=min(t.val_every_steps, max(1, len(train_batches))), check_val_every_n_epoch=None,
+        log_every_n_steps=25, enable_progress_bar=sys.stderr.isatty(), enable_model_summary=False,
+        num_sanity_val_steps=0, deterministic=True,
+    )
+    if len(train_batches) > 0:
+        trainer.fit(module, loader, val_loader, ckpt_path=str(resume) if resume else None)
+    model = module.model.eval()
+    train_minutes = (time.monotonic() - started) / 60
+
+    metrics = evaluate_tokenizer(model, train, val, text_emb, cfg.data.image_size)
+    metrics.update({"train_minutes": round(train_minutes, 2), "steps": max_steps,
+                    "codebook_size": model.codebook_size, "tokens_per_image": cfg.tokenizer.grid**2})
+    out.mkdir(parents=True, exist_ok=True)
+    model.save(out)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    print("tokenizer: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                    for k, v in sorted(metrics.items())), file=sys.stderr)
+    return metrics
+
+
+def evaluate_tokenizer(model: VisualTokenizer, train, val, text_emb: dict, image_size: int) -> dict:
+    from arm.images import to_tensor
+
+    enc_val = encode_all(model, val.pixels)
+    enc_train = encode_all(model, train.pixels[:4000])
+    metrics: dict = {"val_images": len(val),
+                     "psnr": float(psnr(enc_val["reconstruction"], to_tensor(val.pixels)))}
+    metrics.update(code_statistics(enc_val["indices"], model.codebook_size))
+    exact = exact_recovery(enc_val["reconstruction"], val.scenes, image_size)
+    if exact is not None:
+        metrics["exact_recovery"] = exact
+    ret = retrieval(model, enc_val["up"], val, text_emb["val"])
+    if ret:
+        metrics.update(ret)
+    train.scenes = train.scenes[:4000]
+    probes = probe_scores(enc_train["pooled"], train, enc_val["pooled"], val)
+    if probes:
+        metrics.update(probes)
+    return metrics

@@ -1,0 +1,167 @@
+"""The visual tokenizer: FSQ, the four losses, backbones from local files, a tiny overfit, the stages."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+
+from arm.tokenizer.fsq import FSQ
+from arm.tokenizer.model import TokenizerModelConfig, VisualTokenizer
+from arm.tokenizer.train import TokenizerModule, caption_loss, feature_loss, pixel_loss, sigmoid_loss
+
+
+@pytest.mark.parametrize("levels", [[8, 5, 5, 5], [8, 8, 8, 5, 5, 5], [2, 3]])
+def test_fsq_index_code_round_trip_is_exact(levels):
+    fsq = FSQ(levels)
+    idx = torch.arange(fsq.codebook_size)
+    codes = fsq.indices_to_codes(idx)
+    assert torch.equal(fsq.codes_to_indices(codes), idx)
+    assert len({tuple(c.tolist()) for c in codes}) == fsq.codebook_size
+
+
+def test_fsq_rounds_to_the_nearest_level_with_straight_through_gradients():
+    fsq = FSQ([8, 5, 5, 5])
+    z = torch.randn(64, 4, requires_grad=True)
+    codes, indices = fsq(z)
+    assert codes.abs().max() <= 1 and indices.min() >= 0 and indices.max() < 1000
+    assert torch.equal(fsq.indices_to_codes(indices), codes.detach())
+    # The gradient of the rounding is the identity, so it equals the bound's own gradient.
+    codes.sum().backward()
+    expected = torch.autograd.grad((fsq.bound(z) / (fsq._levels // 2)).sum(), z)[0]
+    assert torch.allclose(z.grad, expected)
+    assert (z.grad.abs() > 0).all()
+
+
+def test_fsq_rejects_bad_levels():
+    with pytest.raises(ValueError):
+        FSQ([8, 1])
+
+
+def test_feature_loss_is_zero_for_identical_features():
+    f = torch.randn(2, 40, 8, 8)
+    assert feature_loss(f, f).abs() < 1e-6
+    assert feature_loss(-f, f) == pytest.approx(2.0)
+
+
+def test_sigmoid_loss_prefers_matched_pairs():
+    torch.manual_seed(0)
+    text = torch.nn.functional.normalize(torch.randn(16, 32), dim=-1)
+    image = torch.nn.functional.normalize(text + 0.1 * torch.randn(16, 32), dim=-1)
+    positives = torch.eye(16, dtype=torch.bool)
+    scale, bias = torch.tensor(np.log(10.0)), torch.tensor(-5.0)
+    matched = sigmoid_loss(image, text, scale, bias, positives)
+    shuffled = sigmoid_loss(image, text[torch.randperm(16)], scale, bias, positives)
+    assert matched < shuffled
+
+
+def test_pixel_and_caption_losses():
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    assert pixel_loss(x, x, foreground_weight=3.0) == 0
+    assert pixel_loss(x + 0.1, x) == pytest.approx(0.1 + 0.01, rel=1e-5)
+    logits = torch.full((1, 3, 5), -20.0)
+    ids = torch.tensor([[1, 2, -100]])
+    logits[0, 0, 1] = logits[0, 1, 2] = 20.0
+    assert caption_loss(logits, ids) < 1e-6
+
+
+def _tiny_cfg(**kw) -> TokenizerModelConfig:
+    base = dict(backbone="conv", image_size=32, grid=4, text_dim=16, vocab_size=40, hidden=32, decoder_channels=32,
+                caption_dim=32, caption_layers=1, max_caption_tokens=8)
+    base.update(kw)
+    return TokenizerModelConfig(**base)
+
+
+def test_tiny_tokenizer_overfits_a_few_images():
+    from arm.world.render import render
+    from arm.world.scene import sample_scene
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    images = torch.stack([torch.as_tensor(np.asarray(render(sample_scene(rng, 1), 32))) for _ in range(4)])
+    images = images.permute(0, 3, 1, 2).float() / 127.5 - 1
+    module = TokenizerModule(asdict(_tiny_cfg()), {"pix": 1.0, "feat": 0.0, "sig": 0.1, "cap": 0.1},
+                             lr=3e-3, warmup_steps=5, max_steps=300)
+    opt = module.configure_optimizers()["optimizer"]
+    batch = {"images": images, "caption_group": torch.arange(4), "text_emb": torch.nn.functional.normalize(
+        torch.randn(4, 16), dim=-1), "caption_ids": torch.randint(0, 40, (4, 8))}
+    first = module.losses(batch)
+    for _ in range(300):
+        loss = module.losses(batch)["total"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    last = module.losses(batch)
+    assert last["pix"] < 0.25 * first["pix"]
+    assert last["cap"] < 0.5 * first["cap"]
+    assert last["psnr"] > 20
+
+
+def test_save_load_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = VisualTokenizer(_tiny_cfg()).eval()
+    model.save(tmp_path)
+    again = VisualTokenizer.load(tmp_path)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert torch.equal(model.encode(x), again.encode(x))
+    assert torch.allclose(model.decode(model.encode(x)), again.decode(again.encode(x)))
+    assert json.loads((tmp_path / "config.json").read_text())["grid"] == 4
+
+
+def test_efficientnet_backbone_loads_packaged_weights_and_stays_frozen():
+    model = VisualTokenizer(_tiny_cfg(backbone="efficientnet-lite0", backbone_stage=4, image_size=64, grid=8))
+    assert not model.backbone_trainable
+    assert model.features(torch.zeros(1, 3, 64, 64)).shape == (1, 40, 8, 8)
+    model.train()
+    assert not model.backbone.training  # batch-norm statistics never move
+
+
+def _tiny_siglip2(folder):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, Siglip2TextConfig, Siglip2TextModel, Siglip2VisionConfig, \
+        Siglip2VisionModel
+
+    torch.manual_seed(0)
+    vision = Siglip2VisionModel(Siglip2VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                    num_attention_heads=2, patch_size=4, num_patches=64))
+    vision.save_pretrained(folder / "vision")
+    vocab = {"<pad>": 0, "<unk>": 1, **{w: i + 2 for i, w in enumerate("a red blue circle square at the".split())}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>")
+    text = Siglip2TextModel(Siglip2TextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64,
+                                              num_hidden_layers=1, num_attention_heads=2,
+                                              max_position_embeddings=64, projection_size=32))
+    text.save_pretrained(folder / "text")
+    fast.save_pretrained(folder / "text")
+    return folder / "vision", folder / "text"
+
+
+def test_siglip2_towers_load_from_a_local_folder_without_network(tmp_path, monkeypatch):
+    from arm.tokenizer.backbones import Siglip2Vision
+    from arm.tokenizer.text_encoders import build_text_encoder
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    vision_dir, text_dir = _tiny_siglip2(tmp_path)
+    backbone = Siglip2Vision(str(vision_dir), grid=8)
+    feats = backbone(torch.zeros(2, 3, 64, 64))
+    assert feats.shape == (2, 32, 8, 8)
+    model = VisualTokenizer(_tiny_cfg(backbone="siglip2", backbone_path=str(vision_dir), image_size=64, grid=8))
+    assert model(torch.zeros(1, 3, 64, 64)).indices.shape == (1, 8, 8)
+    encoder = build_text_encoder("siglip2", str(text_dir))
+    emb = encoder.encode(["a red circle", "a blue square at the"])
+    assert emb.shape == (2, 32) and torch.allclose(emb.norm(dim=-1), torch.ones(2))
+    with pytest.raises(ValueError, match="not a folder"):
+        Siglip2Vision(str(tmp_path / "nope"), grid=8)
+
+
+def test_minilm_text_encoder_ships_in_its_package():
+    from arm.tokenizer.text_encoders import build_text_encoder
+
+    enc = build_text_encoder("minilm")
+    e = enc.encode(["a large red circle at the center", "a large red circle at the center", "two blue squares"])
+    assert e.shape == (3, 384)
+    assert float(e[0] @ e[1]) == pytest.approx(1.0, abs=1e-5) and float(e[0] @ e[2]) < 0.9
