@@ -23,10 +23,20 @@ def _run(cmd, cwd: Path) -> str:
     return result.stdout + result.stderr
 
 
+TINY_TOKENIZER = {"max_steps": 4, "val_every_steps": 2, "batch_size": 8, "max_train_images": 48,
+                  "num_val_images": 16, "hidden": 16, "decoder_channels": 16, "caption_dim": 16,
+                  "caption_layers": 1, "warmup_steps": 1}
+
+
 def _tiny_project(tmp_path: Path) -> Path:
-    """A fresh copy of the project whose data.dvc tracks a tiny world instead of the default one."""
+    """A fresh copy of the project whose data.dvc tracks a tiny world instead of the default one, and
+    whose default preset trains tiny models (the stages' commands read configs/default.yaml)."""
     repo = project_copy(tmp_path / "repo")
     (repo / "dvc.lock").unlink(missing_ok=True)
+    config = repo / "configs" / "default.yaml"
+    doc = yaml.safe_load(config.read_text())
+    doc["tokenizer"].update(TINY_TOKENIZER)
+    config.write_text(yaml.safe_dump(doc, sort_keys=False))
     _run(["arm", "world", "generate", "--out", "data", "--track", *TINY], repo)
     _run(["git", "add", "-A"], repo)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny world"], repo)
@@ -36,19 +46,19 @@ def _tiny_project(tmp_path: Path) -> Path:
 def test_dvc_repro_runs_prepare_then_skips_then_reruns_on_param_change(tmp_path):
     repo = _tiny_project(tmp_path)
     dvc = dvc_executable()
-    first = _run([dvc, "repro"], repo)
+    first = _run([dvc, "repro", "prepare"], repo)
     assert "Running stage 'prepare'" in first
     assert (repo / "artifacts" / "prepare" / "tokenizer.json").is_file()
     assert (repo / "dvc.lock").is_file()
 
-    second = _run([dvc, "repro"], repo)
+    second = _run([dvc, "repro", "prepare"], repo)
     assert "Running stage" not in second and "up to date" in second
 
     config = repo / "configs" / "default.yaml"
     doc = yaml.safe_load(config.read_text())
     doc["prepare"]["vocab_size"] = 400
     config.write_text(yaml.safe_dump(doc, sort_keys=False))
-    third = _run([dvc, "repro"], repo)
+    third = _run([dvc, "repro", "prepare"], repo)
     assert "Running stage 'prepare'" in third
 
 
@@ -81,15 +91,19 @@ def prefect_server():
         yield
 
 
-def test_prefect_flow_runs_the_stage_through_dvc(tmp_path, prefect_server):
-    from flows.lifecycle import lifecycle
+def test_prefect_flow_runs_every_stage_through_dvc(tmp_path, prefect_server):
+    from flows.lifecycle import STAGES, lifecycle
 
     repo = _tiny_project(tmp_path)
     first = lifecycle(repo=str(repo))
     second = lifecycle(repo=str(repo))
-    assert first == {"data": "present", "prepare": "ran"}
-    assert second == {"data": "present", "prepare": "skipped"}
+    assert first == {"data": "present", **{stage: "ran" for stage in STAGES}}
+    assert second == {"data": "present", **{stage: "skipped" for stage in STAGES}}
     assert (repo / "artifacts" / "prepare" / "summary.json").is_file()
+    assert (repo / "artifacts" / "tokenizer" / "model.safetensors").is_file()
+    assert any((repo / "artifacts" / "encode").glob("train-*.npz"))
+    # dvc repro agrees that nothing is left to do.
+    assert "up to date" in _run([dvc_executable(), "status"], repo)
 
 
 def test_flow_reports_which_stage_failed(tmp_path, prefect_server):

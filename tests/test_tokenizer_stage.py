@@ -54,11 +54,12 @@ def test_tokenizer_resumes_exactly(prepared, tmp_path):
 
     full = tokenizer_stage(prepared)
     full_state = VisualTokenizer.load(prepared.stage_dir("tokenizer")).state_dict()
-    # Interrupt at step 3 (its checkpoint is `last.ckpt`), then run again to step 6.
+    # Interrupt at step 3 (its checkpoint is `last.ckpt`), then run again to the end.
     ckpt_dir = prepared.artifacts / "checkpoints" / "tokenizer"
     shutil.rmtree(ckpt_dir)
-    tokenizer_stage(prepared, max_steps=3)
-    # max_steps=3 wrote a fingerprint for the same config: the full run must pick up from step 3.
+    shutil.rmtree(prepared.stage_dir("tokenizer"))
+    assert tokenizer_stage(prepared, stop_at_step=3) is None
+    assert not prepared.stage_dir("tokenizer").exists() and (ckpt_dir / "last.ckpt").exists()
     resumed = tokenizer_stage(prepared)
     resumed_state = VisualTokenizer.load(prepared.stage_dir("tokenizer")).state_dict()
     for k in full_state:

@@ -60,7 +60,21 @@ def fingerprint(cfg: ArmConfig, prepare_dir: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def tokenizer_stage(cfg: ArmConfig, *, max_steps: int | None = None) -> dict:
+def stop_at(step: int):
+    """A callback that stops training once `step` optimiser steps are done, as an interruption would."""
+    import lightning as L
+
+    class StopAtStep(L.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step >= step:
+                trainer.should_stop = True
+
+    return StopAtStep()
+
+
+def tokenizer_stage(cfg: ArmConfig, *, max_steps: int | None = None, stop_at_step: int | None = None) -> dict | None:
+    """Train, evaluate and save. With `stop_at_step`, stop there without writing outputs, leaving only the
+    checkpoint an interrupted run would leave."""
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
@@ -119,13 +133,16 @@ def tokenizer_stage(cfg: ArmConfig, *, max_steps: int | None = None) -> dict:
         logger=TensorBoardLogger(cfg.run.log_dir, name="tokenizer", version="", default_hp_metric=False),
         callbacks=[ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=t.val_every_steps,
                                    save_top_k=0),
-                   LearningRateMonitor(logging_interval="step")],
+                   LearningRateMonitor(logging_interval="step")]
+        + ([stop_at(stop_at_step)] if stop_at_step else []),
         val_check_interval=min(t.val_every_steps, max(1, len(train_batches))), check_val_every_n_epoch=None,
-        log_every_n_steps=25, enable_progress_bar=sys.stderr.isatty(), enable_model_summary=False,
+        log_every_n_steps=max(1, min(25, max_steps // 5)), enable_progress_bar=sys.stderr.isatty(), enable_model_summary=False,
         num_sanity_val_steps=0, deterministic=True,
     )
     if len(train_batches) > 0:
         trainer.fit(module, loader, val_loader, ckpt_path=str(resume) if resume else None)
+    if stop_at_step:
+        return None
     model = module.model.eval()
     train_minutes = (time.monotonic() - started) / 60
 
