@@ -96,6 +96,7 @@ class TokenizerConfig:
     grid: int = 8                           # tokens per side
     fsq_levels: List[int] = field(default_factory=lambda: [8, 5, 5, 5])
     hidden: int = 128
+    pixel_skip: bool = False                # also feed each token's raw pixels to the projection
     decoder_channels: int = 128
     decoder_blocks: int = 2
     refine_channels: int = 16
@@ -104,12 +105,14 @@ class TokenizerConfig:
     caption_dim: int = 128
     caption_layers: int = 2
     max_caption_tokens: int = 48
+    caption_lm_path: Optional[str] = None   # a local causal LM for L_cap (real runs) instead of the small decoder
     # Loss weights (ARM reports 1, 5, 5, 1 without naming the order).
     w_pix: float = 1.0
     w_feat: float = 1.0
     w_sig: float = 0.1
     w_cap: float = 0.1
     foreground_weight: float = 3.0          # L_pix weight of pixels that are not background
+    edge_weight: float = 0.0                # L_pix term on image differences (sharp edges)
     # Optimisation
     max_train_images: int = 12000
     batch_size: int = 64

@@ -60,8 +60,15 @@ def test_sigmoid_loss_prefers_matched_pairs():
 
 def test_pixel_and_caption_losses():
     x = torch.rand(2, 3, 16, 16) * 2 - 1
-    assert pixel_loss(x, x, foreground_weight=3.0) == 0
+    assert pixel_loss(x, x, foreground_weight=3.0, edge_weight=1.0) == 0
     assert pixel_loss(x + 0.1, x) == pytest.approx(0.1 + 0.01, rel=1e-5)
+    # A constant offset has no edges; a blurred edge pays the edge term.
+    assert pixel_loss(x + 0.1, x, edge_weight=1.0) == pytest.approx(0.1 + 0.01, rel=1e-5)
+    edge = torch.zeros(1, 3, 8, 8)
+    edge[..., 4:] = 1.0
+    blurred = edge.clone()
+    blurred[..., 3:5] = 0.5
+    assert pixel_loss(blurred, edge, edge_weight=1.0) > pixel_loss(blurred, edge)
     logits = torch.full((1, 3, 5), -20.0)
     ids = torch.tensor([[1, 2, -100]])
     logits[0, 0, 1] = logits[0, 1, 2] = 20.0
@@ -165,3 +172,24 @@ def test_minilm_text_encoder_ships_in_its_package():
     e = enc.encode(["a large red circle at the center", "a large red circle at the center", "two blue squares"])
     assert e.shape == (3, 384)
     assert float(e[0] @ e[1]) == pytest.approx(1.0, abs=1e-5) and float(e[0] @ e[2]) < 0.9
+
+
+def test_lm_captioner_from_a_local_checkpoint_trains_only_its_prefix(tmp_path):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    lm = Qwen2ForCausalLM(Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128))
+    lm.save_pretrained(tmp_path / "lm")
+    model = VisualTokenizer(_tiny_cfg(caption_lm_path=str(tmp_path / "lm")))
+    out = model(torch.zeros(2, 3, 32, 32))
+    ids = torch.randint(0, 64, (2, 5))
+    logits = model.captioner(out.up, ids)
+    assert logits.shape == (2, 5, 64)
+    caption_loss(logits, ids).backward()
+    assert model.captioner.prefix.weight.grad is not None
+    assert all(p.grad is None for p in model.captioner.lm.parameters())
+    # The frozen LM is not saved with the tokenizer; it reloads from its folder.
+    model.save(tmp_path / "tok")
+    again = VisualTokenizer.load(tmp_path / "tok")
+    torch.testing.assert_close(again.captioner.prefix.weight, model.captioner.prefix.weight)

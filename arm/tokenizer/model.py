@@ -42,6 +42,7 @@ class TokenizerModelConfig:
     grid: int = 8
     fsq_levels: list[int] = field(default_factory=lambda: [8, 5, 5, 5])
     hidden: int = 128                # projection width before FSQ
+    pixel_skip: bool = False         # also give the projection each token's raw p x p pixels
     decoder_channels: int = 128      # pixel-decoder width at token resolution
     decoder_blocks: int = 2
     refine_channels: int = 16
@@ -50,6 +51,7 @@ class TokenizerModelConfig:
     caption_dim: int = 128
     caption_layers: int = 2
     max_caption_tokens: int = 48
+    caption_lm_path: str | None = None  # a local causal LM for L_cap instead of the small decoder
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -114,6 +116,37 @@ class CaptionDecoder(nn.Module):
         return self.head(self.decoder(x, memory, tgt_mask=causal))
 
 
+class LMCaptioner(nn.Module):
+    """L_cap through a frozen causal LM from a local checkpoint (real runs): the token grid, projected
+    into the LM's embedding space, is a prefix; the LM predicts the caption after it. Only the
+    projection trains. Caption ids must be the LM's own (set prepare.tokenizer_json to its tokenizer)."""
+
+    def __init__(self, path: str, in_channels: int):
+        super().__init__()
+        from transformers import AutoModelForCausalLM
+
+        if not Path(path).is_dir():
+            raise ValueError(f"tokenizer.caption_lm_path {path!r} is not a folder; point it at a local causal LM "
+                             "checkpoint (config.json and weights)")
+        self.lm = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+        self.lm.requires_grad_(False)
+        self.lm.eval()
+        self.prefix = nn.Linear(in_channels, self.lm.config.hidden_size)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.lm.eval()
+        return self
+
+    def forward(self, grid_features: torch.Tensor, caption_ids: torch.Tensor) -> torch.Tensor:
+        """grid_features (B, C, g, g), caption_ids (B, T) -> logits (B, T, V) predicting caption_ids[:, t]."""
+        prefix = self.prefix(grid_features.flatten(2).transpose(1, 2))        # (B, g*g, H)
+        words = self.lm.get_input_embeddings()(caption_ids.clamp(min=0))       # (B, T, H)
+        logits = self.lm(inputs_embeds=torch.cat([prefix, words], dim=1)).logits
+        # The position before each caption token predicts it: the last prefix slot predicts token 0.
+        return logits[:, prefix.shape[1] - 1:-1]
+
+
 class VisualTokenizer(nn.Module):
     def __init__(self, cfg: TokenizerModelConfig):
         super().__init__()
@@ -122,7 +155,9 @@ class VisualTokenizer(nn.Module):
                                        stage=cfg.backbone_stage, path=cfg.backbone_path)
         c = self.backbone.out_channels
         self.fsq = FSQ(cfg.fsq_levels)
-        self.project = nn.Sequential(nn.Conv2d(c, cfg.hidden, 3, padding=1), ResBlock(cfg.hidden),
+        patch = cfg.image_size // cfg.grid
+        project_in = c + (3 * patch * patch if cfg.pixel_skip else 0)
+        self.project = nn.Sequential(nn.Conv2d(project_in, cfg.hidden, 3, padding=1), ResBlock(cfg.hidden),
                                      nn.Conv2d(cfg.hidden, self.fsq.dim, 1))
         self.up_project = nn.Sequential(nn.Conv2d(self.fsq.dim, cfg.hidden, 3, padding=1), ResBlock(cfg.hidden),
                                         nn.Conv2d(cfg.hidden, c, 1))
@@ -132,7 +167,8 @@ class VisualTokenizer(nn.Module):
         # SigLIP's learnable temperature and bias, initialised as in the paper (t' = log 10, b = -10).
         self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
         self.logit_bias = nn.Parameter(torch.tensor(-10.0))
-        self.captioner = CaptionDecoder(c, cfg.vocab_size, cfg.caption_dim, cfg.caption_layers, cfg.max_caption_tokens)
+        self.captioner = (LMCaptioner(cfg.caption_lm_path, c) if cfg.caption_lm_path else
+                          CaptionDecoder(c, cfg.vocab_size, cfg.caption_dim, cfg.caption_layers, cfg.max_caption_tokens))
 
     @property
     def codebook_size(self) -> int:
@@ -146,7 +182,11 @@ class VisualTokenizer(nn.Module):
         """images (B, 3, S, S) in [-1, 1] -> backbone features (B, C, g, g)."""
         return self.backbone(images)
 
-    def quantize(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def quantize(self, features: torch.Tensor, images: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.cfg.pixel_skip:
+            # Exact colours and edge positions beside the semantic features: (B, 3, S, S) -> (B, 3 p^2, g, g).
+            assert images is not None, "pixel_skip needs the images"
+            features = torch.cat([features, F.pixel_unshuffle(images, self.cfg.image_size // self.cfg.grid)], dim=1)
         z = self.project(features).permute(0, 2, 3, 1)  # (B, g, g, d)
         codes, indices = self.fsq(z)
         return codes.permute(0, 3, 1, 2), indices
@@ -155,7 +195,7 @@ class VisualTokenizer(nn.Module):
         """Everything the losses need. Pass cached `features` to skip a frozen backbone."""
         if features is None:
             features = self.features(images)
-        codes, indices = self.quantize(features)
+        codes, indices = self.quantize(features, images)
         up = self.up_project(codes)
         return TokenizerOutput(features, codes, indices, up, self.pixel_decoder(up))
 
@@ -166,7 +206,7 @@ class VisualTokenizer(nn.Module):
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, 3, S, S) in [-1, 1] -> token ids (B, g, g)."""
-        return self.quantize(self.features(images))[1]
+        return self.quantize(self.features(images), images)[1]
 
     @torch.no_grad()
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
@@ -183,8 +223,9 @@ class VisualTokenizer(nn.Module):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         keep_backbone = self.backbone_trainable
+        # Frozen pretrained parts reload from where they came from: leave them out.
         state = {k: v.detach().contiguous() for k, v in self.state_dict().items()
-                 if keep_backbone or not k.startswith("backbone.")}
+                 if (keep_backbone or not k.startswith("backbone.")) and not k.startswith("captioner.lm.")}
         save_file(state, str(folder / "model.safetensors"))
         (folder / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2) + "\n")
 
@@ -198,5 +239,5 @@ class VisualTokenizer(nn.Module):
         model = cls(TokenizerModelConfig(**json.loads((folder / "config.json").read_text())))
         missing, unexpected = model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
         assert not unexpected, f"unexpected weights {unexpected[:5]}"
-        assert all(k.startswith("backbone.") for k in missing), f"missing weights {missing[:5]}"
+        assert all(k.startswith(("backbone.", "captioner.lm.")) for k in missing), f"missing weights {missing[:5]}"
         return model.eval()

@@ -32,10 +32,10 @@ def model_config(cfg: ArmConfig, text_dim: int, vocab_size: int) -> TokenizerMod
     t = cfg.tokenizer
     return TokenizerModelConfig(
         backbone=t.backbone, backbone_path=t.backbone_path, backbone_stage=t.backbone_stage,
-        image_size=cfg.data.image_size, grid=t.grid, fsq_levels=list(t.fsq_levels), hidden=t.hidden,
+        image_size=cfg.data.image_size, grid=t.grid, fsq_levels=list(t.fsq_levels), hidden=t.hidden, pixel_skip=t.pixel_skip,
         decoder_channels=t.decoder_channels, decoder_blocks=t.decoder_blocks, refine_channels=t.refine_channels,
         text_dim=text_dim, vocab_size=vocab_size, caption_dim=t.caption_dim, caption_layers=t.caption_layers,
-        max_caption_tokens=t.max_caption_tokens,
+        max_caption_tokens=t.max_caption_tokens, caption_lm_path=t.caption_lm_path,
     )
 
 
@@ -106,7 +106,8 @@ def tokenizer_stage(cfg: ArmConfig, *, max_steps: int | None = None, stop_at_ste
     mcfg = model_config(cfg, text_emb["train"].shape[1], text_tokenizer.get_vocab_size())
     module = TokenizerModule(asdict(mcfg), {"pix": t.w_pix, "feat": t.w_feat, "sig": t.w_sig, "cap": t.w_cap},
                              lr=t.lr, warmup_steps=t.warmup_steps, max_steps=max_steps,
-                             weight_decay=t.weight_decay, foreground_weight=t.foreground_weight)
+                             weight_decay=t.weight_decay, foreground_weight=t.foreground_weight,
+                             edge_weight=t.edge_weight)
     frozen = not module.model.backbone_trainable
     features = {s: (cache_features(module.model, d.pixels, f"tokenizer {s} features") if frozen else None)
                 for s, d in (("train", train), ("val", val))}

@@ -26,15 +26,23 @@ from arm.tokenizer.model import TokenizerModelConfig, VisualTokenizer
 # The losses
 
 
-def pixel_loss(reconstruction: torch.Tensor, images: torch.Tensor, foreground_weight: float = 1.0) -> torch.Tensor:
-    """L1 + L2, per pixel weighted up where the image departs from its median colour. (B, 3, S, S) each."""
+def pixel_loss(reconstruction: torch.Tensor, images: torch.Tensor, foreground_weight: float = 1.0,
+               edge_weight: float = 0.0) -> torch.Tensor:
+    """L1 + L2, per pixel weighted up where the image departs from its median colour, plus (edge_weight)
+    an L1 loss on horizontal and vertical differences, which blur pays for and sharp corners do not.
+    (B, 3, S, S) each."""
     diff = reconstruction - images
     per_pixel = (diff.abs() + diff.pow(2)).mean(dim=1, keepdim=True)  # (B, 1, S, S)
     if foreground_weight != 1.0:
         median = images.flatten(2).median(dim=2).values[:, :, None, None]  # (B, 3, 1, 1)
         foreground = ((images - median).abs().amax(dim=1, keepdim=True) > 0.1).float()
         per_pixel = per_pixel * (1 + (foreground_weight - 1) * foreground)
-    return per_pixel.mean()
+    loss = per_pixel.mean()
+    if edge_weight:
+        dx = (diff[..., :, 1:] - diff[..., :, :-1]).abs().mean()
+        dy = (diff[..., 1:, :] - diff[..., :-1, :]).abs().mean()
+        loss = loss + edge_weight * (dx + dy)
+    return loss
 
 
 def feature_loss(up: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
@@ -68,7 +76,7 @@ def psnr(reconstruction: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
 
 class TokenizerModule(L.LightningModule):
     def __init__(self, model_config: dict, weights: dict, lr: float, warmup_steps: int, max_steps: int,
-                 weight_decay: float = 0.0, foreground_weight: float = 1.0):
+                 weight_decay: float = 0.0, foreground_weight: float = 1.0, edge_weight: float = 0.0):
         super().__init__()
         self.save_hyperparameters()
         self.model = VisualTokenizer(TokenizerModelConfig(**model_config))
@@ -78,7 +86,8 @@ class TokenizerModule(L.LightningModule):
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
         out = self.model(batch["images"], batch.get("features"))
         w = self.weights
-        losses = {"pix": pixel_loss(out.reconstruction, batch["images"], self.hparams.foreground_weight),
+        losses = {"pix": pixel_loss(out.reconstruction, batch["images"], self.hparams.foreground_weight,
+                                    self.hparams.edge_weight),
                   "feat": feature_loss(out.up, out.features)}
         has_caption = batch["caption_group"] >= 0
         zero = out.up.sum() * 0
@@ -100,6 +109,7 @@ class TokenizerModule(L.LightningModule):
             counts = torch.bincount(out.indices.flatten(), minlength=self.model.codebook_size).float()
             p = counts / counts.sum()
             losses["perplexity"] = torch.exp(-(p[p > 0] * p[p > 0].log()).sum())
+            losses["code_usage"] = (counts > 0).float().mean()
         return losses
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

@@ -1,0 +1,155 @@
+"""The inference engine for all three tasks, on any Hugging Face causal LM over the unified id space.
+
+- A KV cache: the prompt is run once (prefill), then one token per step.
+- Classifier-free guidance with the conditional and unconditional rows in one batch (Janus's layout),
+  for editing with separate text and image guidance (InstructPix2Pix's combination):
+      logits = u + s_img * (src_only - u) + s_txt * (cond - src_only)
+- Inside an image span only image ids can be sampled, and exactly H x W of them are.
+- Temperature, top-k, top-p and a seed; greedy or sampled text for understanding.
+
+Prompts of different lengths are left-padded; positions count real tokens only, so a padded row gives
+the same logits as the same prompt alone.
+
+>>> # engine = Engine(model, vocab); codes = engine.generate_images([prefix], num_tokens=64)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from arm.model.vocab import EOS, Vocab
+
+
+@dataclass
+class Sampling:
+    temperature: float = 1.0
+    top_k: int = 0          # 0 = off
+    top_p: float = 1.0      # 1 = off
+    seed: int | None = None
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Keep the top-k and the smallest nucleus of mass top_p; the rest become -inf. logits (B, V)."""
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = sorted_logits.softmax(-1)
+        # Drop a token when the mass before it already reaches top_p (the first token always stays).
+        drop = probs.cumsum(-1) - probs >= top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
+
+
+def sample(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> torch.Tensor:
+    """(B, V) -> (B,) token ids; temperature 0 is greedy."""
+    if sampling.temperature <= 0:
+        return logits.argmax(-1)
+    logits = filter_logits(logits / sampling.temperature, sampling.top_k, sampling.top_p)
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+
+
+def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """ids (B, T) and attention mask (B, T), shorter rows padded on the left."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if seq:
+            ids[row, width - len(seq):] = torch.as_tensor(seq)
+            mask[row, width - len(seq):] = 1
+    return ids, mask
+
+
+class Engine:
+    def __init__(self, model, vocab: Vocab):
+        self.model = model.eval()
+        self.vocab = vocab
+        self.device = next(model.parameters()).device
+
+    # --- the two primitives: prefill a batch, then extend it one token at a time -------------------
+
+    @torch.no_grad()
+    def prefill(self, sequences: list[list[int]]):
+        """Run the prompts; returns the last position's logits (B, V) and the decoding state."""
+        from transformers import DynamicCache
+
+        ids, mask = left_pad(sequences, self.vocab.pad)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
+        state = {"cache": out.cache, "mask": mask, "next_position": positions[:, -1] + 1}
+        return out.logits[:, -1].float(), state
+
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor, state: dict) -> torch.Tensor:
+        """Append `tokens` (B,) and return the next logits (B, V)."""
+        state["mask"] = torch.cat([state["mask"], torch.ones_like(state["mask"][:, :1])], dim=1)
+        out = self.model(input_ids=tokens[:, None], attention_mask=state["mask"],
+                         position_ids=state["next_position"][:, None], cache=state["cache"], use_cache=True)
+        state["cache"] = out.cache
+        state["next_position"] = state["next_position"] + 1
+        return out.logits[:, -1].float()
+
+    # --- images -------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate_images(self, cond: list[list[int]], num_tokens: int, *, uncond: list[list[int]] | None = None,
+                        guidance_scale: float = 1.0, source_only: list[list[int]] | None = None,
+                        image_guidance_scale: float = 1.0, sampling: Sampling | None = None) -> torch.Tensor:
+        """Sample exactly `num_tokens` image codes after each prompt (each ends with `<|soi|>`).
+        With `uncond` (and for editing `source_only`), guided; all rows run as one batch. -> (B, num_tokens)."""
+        sampling = sampling or Sampling()
+        generator = torch.Generator(device="cpu").manual_seed(sampling.seed) if sampling.seed is not None else None
+        guided = uncond is not None and (guidance_scale != 1.0 or (source_only is not None and image_guidance_scale != 1.0))
+        rows = list(cond) + (list(uncond) + (list(source_only) if source_only is not None else []) if guided else [])
+        b = len(cond)
+        lo, hi = self.vocab.image_offset, self.vocab.image_offset + self.vocab.codebook_size
+        logits, state = self.prefill(rows)
+        codes = []
+        for _ in range(num_tokens):
+            image_logits = logits[:, lo:hi]  # constrained: only image ids inside the span
+            if guided:
+                c, u = image_logits[:b], image_logits[b:2 * b]
+                if source_only is not None:
+                    s = image_logits[2 * b:3 * b]
+                    mixed = u + image_guidance_scale * (s - u) + guidance_scale * (c - s)
+                else:
+                    mixed = u + guidance_scale * (c - u)
+            else:
+                mixed = image_logits
+            chosen = sample(mixed.cpu(), sampling, generator)  # (B,) codes in [0, K)
+            codes.append(chosen)
+            token = (chosen + lo).to(self.device)
+            logits = self.step(token.repeat(len(rows) // b), state)
+        return torch.stack(codes, dim=1)
+
+    # --- text -----------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate_text(self, prompts: list[list[int]], max_new_tokens: int = 64,
+                      sampling: Sampling | None = None) -> list[list[int]]:
+        """Answers after each prompt, stopping at `<|eos|>` (not included); text ids only, never image ids."""
+        sampling = sampling or Sampling(temperature=0.0)
+        generator = torch.Generator(device="cpu").manual_seed(sampling.seed) if sampling.seed is not None else None
+        logits, state = self.prefill(prompts)
+        eos = self.vocab[EOS]
+        done = torch.zeros(len(prompts), dtype=torch.bool)
+        answers: list[list[int]] = [[] for _ in prompts]
+        for _ in range(max_new_tokens):
+            text_logits = logits[:, : self.vocab.text_size].cpu()
+            token = sample(text_logits, sampling, generator)
+            for row, t in enumerate(token.tolist()):
+                if not done[row]:
+                    if t == eos:
+                        done[row] = True
+                    else:
+                        answers[row].append(t)
+            if done.all():
+                break
+            logits = self.step(token.to(self.device), state)
+        return answers

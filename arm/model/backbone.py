@@ -1,0 +1,52 @@
+"""The decoder backbone: a Hugging Face causal LM class (Qwen2 or Llama), built from sizes for the small
+presets or loaded from a local pretrained checkpoint with its embeddings extended to the unified id space.
+Using the library's own classes keeps pretrained initialisation, FSDP wrapping and vLLM-style serving open.
+
+>>> model = build_causal_lm("qwen2", vocab_size=600, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
+...                         intermediate_size=64)
+>>> model.get_input_embeddings().weight.shape
+torch.Size([600, 32])
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def build_causal_lm(arch: str, vocab_size: int, hidden_size: int, num_layers: int, num_heads: int,
+                    num_kv_heads: int, intermediate_size: int, max_position_embeddings: int = 4096,
+                    rope_theta: float = 10000.0, tie_word_embeddings: bool = False, pretrained_path: str | None = None,
+                    device: str | torch.device | None = None):
+    """A causal LM over `vocab_size` ids. With `pretrained_path`, the checkpoint's weights and its own
+    sizes are used, and the embedding (and output) rows are extended to `vocab_size`: new rows start at
+    the mean of the old ones, the usual way to add tokens without disturbing the model's outputs."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    if pretrained_path:
+        if not Path(pretrained_path).is_dir():
+            raise ValueError(f"pretrain.pretrained_path {pretrained_path!r} is not a folder; point it at a local "
+                             "checkpoint (config.json, weights) or leave it null to build the model from sizes")
+        model = AutoModelForCausalLM.from_pretrained(pretrained_path, local_files_only=True)
+        if model.get_input_embeddings().weight.shape[0] < vocab_size:
+            model.resize_token_embeddings(vocab_size, mean_resizing=True)
+        return model
+    common = dict(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
+                  num_attention_heads=num_heads, num_key_value_heads=num_kv_heads, intermediate_size=intermediate_size,
+                  max_position_embeddings=max_position_embeddings, rope_theta=rope_theta,
+                  tie_word_embeddings=tie_word_embeddings)
+    if arch == "qwen2":
+        config, cls = Qwen2Config(**common), Qwen2ForCausalLM
+    elif arch == "llama":
+        config, cls = LlamaConfig(**common), LlamaForCausalLM
+    else:
+        raise ValueError(f"pretrain.arch must be qwen2 or llama, got {arch!r}")
+    if device == "meta":
+        with torch.device("meta"):
+            return cls(config)
+    return cls(config)
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,72 @@
+"""Training sequences per task, as DESIGN.md fixes the templates (-> marks where the loss starts):
+
+    understanding  <|und|> <|soi|> img <|eoi|> question  -> answer <|eos|>
+    captioning     <|und|> <|soi|> img <|eoi|> "describe the image." -> caption <|eos|>
+    generation     <|t2i|> prompt <|soi|>  -> img <|eoi|>
+    editing        <|edit|> <|soi|> src <|eoi|> instruction <|soi|>  -> tgt <|eoi|>
+    text QA        <|und|> question  -> answer <|eos|>
+
+Condition dropout for classifier-free guidance: with probability p the prompt (generation) or, each
+on its own, the instruction and the source image (editing) are dropped from the condition, so the model
+also learns the unconditional distributions guidance contrasts with.
+
+>>> from arm.model.vocab import Vocab
+>>> v = Vocab(10, 4, {"<|pad|>": 3, "<|eos|>": 4, "<|und|>": 5, "<|t2i|>": 6, "<|edit|>": 7, "<|soi|>": 8, "<|eoi|>": 9})
+>>> ids, labels = generation_sequence(v, prompt=[1, 2], image=[0, 3])
+>>> ids
+[6, 1, 2, 8, 10, 13, 9]
+>>> labels
+[-100, -100, -100, -100, 10, 13, 9]
+"""
+
+from __future__ import annotations
+
+import random
+
+from arm.model.vocab import EDIT, EOI, EOS, SOI, T2I, UND, Vocab
+
+IGNORE = -100
+
+
+def _image_span(vocab: Vocab, codes) -> list[int]:
+    return [vocab[SOI]] + [vocab.image_id(int(c)) for c in codes] + [vocab[EOI]]
+
+
+def understanding_sequence(vocab: Vocab, image, question: list[int], answer: list[int]) -> tuple[list[int], list[int]]:
+    prefix = [vocab[UND]] + (_image_span(vocab, image) if image is not None else []) + list(question)
+    target = list(answer) + [vocab[EOS]]
+    return prefix + target, [IGNORE] * len(prefix) + target
+
+
+def generation_sequence(vocab: Vocab, prompt: list[int], image) -> tuple[list[int], list[int]]:
+    prefix = [vocab[T2I]] + list(prompt) + [vocab[SOI]]
+    target = [vocab.image_id(int(c)) for c in image] + [vocab[EOI]]
+    return prefix + target, [IGNORE] * len(prefix) + target
+
+
+def editing_sequence(vocab: Vocab, source, instruction: list[int], target_image) -> tuple[list[int], list[int]]:
+    """A dropped source image keeps its brackets (`<|soi|> <|eoi|>`), so the layout stays the same."""
+    source_span = _image_span(vocab, source) if source is not None else [vocab[SOI], vocab[EOI]]
+    prefix = [vocab[EDIT]] + source_span + list(instruction) + [vocab[SOI]]
+    target = [vocab.image_id(int(c)) for c in target_image] + [vocab[EOI]]
+    return prefix + target, [IGNORE] * len(prefix) + target
+
+
+def build_sequence(vocab: Vocab, record: dict, codes: dict, rng: random.Random, p_drop: float = 0.1,
+                   describe_ids: list[int] | None = None) -> tuple[list[int], list[int]]:
+    """The sequence of one prepared record; `codes` maps image keys to their (g*g,) token codes."""
+    task = record["task"]
+    if task == "t2i":
+        prompt = [] if rng.random() < p_drop else record["text_ids"]
+        return generation_sequence(vocab, prompt, codes[record["image"]])
+    if task == "edit":
+        instruction = [] if rng.random() < p_drop else record["text_ids"]
+        source = None if rng.random() < p_drop else codes[record["source_image"]]
+        return editing_sequence(vocab, source, instruction, codes[record["target_image"]])
+    if task == "caption":
+        return understanding_sequence(vocab, codes[record["image"]], describe_ids or [], record["text_ids"])
+    if task == "vqa":
+        return understanding_sequence(vocab, codes[record["image"]], record["text_ids"], record["answer_ids"])
+    if task == "text":
+        return understanding_sequence(vocab, None, record["text_ids"], record["answer_ids"])
+    raise ValueError(f"unknown task {task!r}")
