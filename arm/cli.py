@@ -1,7 +1,7 @@
 """The `arm` command: one subcommand per lifecycle stage, plus data and config utilities.
 
     arm prepare --config configs/default.yaml [section.key=value ...]
-    arm tokenizer | arm encode                (the next stages, same arguments)
+    arm tokenizer | arm encode | arm pretrain   (the next stages, same arguments)
     arm world generate --out data --num-scenes 10000 --size 64 --seed 0
     arm world parse image.png
     arm import captions|jsonl|edits|qa SRC --out data [--append | --overwrite]
@@ -49,6 +49,12 @@ def cmd_encode(args) -> None:
     from arm.encode import encode_stage
 
     encode_stage(_load(args))
+
+
+def cmd_pretrain(args) -> None:
+    from arm.pretrain import pretrain_stage
+
+    pretrain_stage(_load(args))
 
 
 def cmd_world_generate(args) -> None:
@@ -134,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("encode", help="visual tokens for every prepared image, written once")
     _add_config_args(p)
     p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("pretrain", help="train the unified autoregressive model on the task mix")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_pretrain)
 
     world = sub.add_parser("world", help="the Shapes world: generate a dataset, parse images").add_subparsers(
         dest="world_command", required=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -139,11 +139,62 @@ class TokenizerConfig:
 
 
 @dataclass
+class PretrainConfig:
+    """The unified autoregressive model (stage `pretrain`): backbone sizes, task mix, optimisation."""
+
+    arch: str = "qwen2"                      # qwen2 | llama (Hugging Face classes)
+    pretrained_path: Optional[str] = None    # a local checkpoint; its sizes win over the ones below
+    hidden_size: int = 256
+    num_layers: int = 6
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 704
+    max_position_embeddings: int = 512
+    rope_theta: float = 10000.0
+    tie_word_embeddings: bool = False
+    task_mix: Dict[str, float] = field(default_factory=lambda: {
+        "t2i": 0.35, "edit": 0.25, "vqa": 0.2, "caption": 0.15, "text": 0.05})
+    p_drop_condition: float = 0.1            # condition dropout for classifier-free guidance
+    batch_size: int = 32
+    accumulate_grad_batches: int = 1
+    max_steps: int = 3000
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    schedule: str = "cosine"                 # cosine | constant (after warmup)
+    warmup_steps: int = 200
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    strategy: str = "auto"                   # auto | ddp | fsdp (FSDP2 through ModelParallelStrategy)
+    precision: str = "32-true"
+    activation_checkpointing: bool = False
+    accelerator: str = "auto"
+    devices: int = 1
+    num_nodes: int = 1
+    val_every_steps: int = 500
+    val_records_per_task: int = 128
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.arch not in ("qwen2", "llama"):
+            raise ValueError(f"pretrain.arch must be qwen2 or llama, got {self.arch!r}")
+        if self.strategy not in ("auto", "ddp", "fsdp"):
+            raise ValueError(f"pretrain.strategy must be auto, ddp or fsdp, got {self.strategy!r}")
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"pretrain.schedule must be cosine or constant, got {self.schedule!r}")
+        unknown = set(self.task_mix) - {"t2i", "edit", "vqa", "caption", "text"}
+        if unknown:
+            raise ValueError(f"pretrain.task_mix has unknown tasks {sorted(unknown)}; use t2i, edit, vqa, caption, text")
+        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
+            raise ValueError("pretrain.hidden_size must divide by num_heads, and num_heads by num_kv_heads")
+
+
+@dataclass
 class ArmConfig:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
     @property
     def artifacts(self) -> Path:

@@ -12,13 +12,13 @@
 
 from __future__ import annotations
 
-import math
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 
 from arm.images import grid_to_tensorboard, make_grid
+from arm.schedules import warmup_cosine
 from arm.tokenizer.model import TokenizerModelConfig, VisualTokenizer
 
 
@@ -140,13 +140,7 @@ class TokenizerModule(L.LightningModule):
         params = [p for p in self.model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay,
                                 betas=(0.9, 0.99))
-        warmup, total = self.hparams.warmup_steps, self.hparams.max_steps
-
-        def schedule(step: int) -> float:  # linear warmup, cosine to 5% of the peak
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
-
+        # Linear warmup, then cosine to 5% of the peak.
+        schedule = warmup_cosine(self.hparams.warmup_steps, self.hparams.max_steps, floor=0.05)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

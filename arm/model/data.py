@@ -1,0 +1,112 @@
+"""Pretraining data: prepared records + cached image codes -> token sequences, batched by task.
+
+Every batch holds one task, drawn with the configured mix ratios, so sequences in a batch have nearly
+the same length (length bucketing without packing: each task's template fixes most of the length) and
+the loss per task is logged cleanly. Batch k is a pure function of (seed, k): resuming at step k
+continues with exactly the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from arm.data.shards import load_examples
+from arm.model.sequences import IGNORE, build_sequence
+from arm.model.vocab import Vocab
+
+TASKS = ("t2i", "edit", "vqa", "caption", "text")
+DESCRIBE = "describe the image."
+
+
+def load_codes_by_key(encode_dir: str | Path, split: str) -> dict[str, np.ndarray]:
+    from arm.encode import load_codes
+
+    keys, codes = load_codes(encode_dir, split)
+    return {k: c.reshape(-1).astype(np.int64) for k, c in zip(keys, codes)}
+
+
+class TaskRecords:
+    """The usable records of a split, grouped by task (records whose images have no codes are dropped)."""
+
+    def __init__(self, prepare_dir: str | Path, encode_dir: str | Path, split: str):
+        self.codes = load_codes_by_key(encode_dir, split)
+        self.by_task: dict[str, list[dict]] = defaultdict(list)
+        for r in load_examples(prepare_dir, split):
+            images = [r[k] for k in ("image", "source_image", "target_image") if k in r]
+            if all(i in self.codes for i in images):
+                self.by_task[r["task"]].append(r)
+
+    def counts(self) -> dict[str, int]:
+        return {t: len(v) for t, v in sorted(self.by_task.items())}
+
+
+def collate(sequences: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest: input_ids, labels (-100 on padding and prompts), attention_mask."""
+    width = max(len(ids) for ids, _ in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(sequences), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, (s, l) in enumerate(sequences):
+        ids[row, : len(s)] = torch.as_tensor(s)
+        labels[row, : len(l)] = torch.as_tensor(l)
+        mask[row, : len(s)] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+class TaskMixBatches(torch.utils.data.Dataset):
+    """Item k = training batch `start_step + k`: a task drawn by `mix`, then `batch_size` of its records."""
+
+    def __init__(self, records: TaskRecords, vocab: Vocab, describe_ids: list[int], mix: dict[str, float],
+                 batch_size: int, num_steps: int, seed: int, p_drop: float, start_step: int = 0):
+        tasks = [t for t in mix if mix[t] > 0 and records.by_task.get(t)]
+        if not tasks:
+            raise ValueError(f"no training records for any task in pretrain.task_mix {dict(mix)}; "
+                             f"the data has {records.counts()}")
+        total = sum(mix[t] for t in tasks)
+        self.tasks, self.weights = tasks, [mix[t] / total for t in tasks]
+        self.records, self.vocab, self.describe_ids = records, vocab, describe_ids
+        self.batch_size, self.num_steps, self.seed, self.p_drop, self.start_step = (
+            batch_size, num_steps, seed, p_drop, start_step)
+
+    def __len__(self) -> int:
+        return max(0, self.num_steps - self.start_step)
+
+    def __getitem__(self, k: int) -> dict:
+        step = self.start_step + k
+        rng = random.Random(self.seed * 1_000_003 + step)
+        task = rng.choices(self.tasks, self.weights)[0]
+        pool = self.records.by_task[task]
+        chosen = [pool[rng.randrange(len(pool))] for _ in range(self.batch_size)]
+        seqs = [build_sequence(self.vocab, r, self.records.codes, rng, self.p_drop, self.describe_ids) for r in chosen]
+        batch = collate(seqs, self.vocab.pad)
+        batch["task"] = task
+        return batch
+
+
+class EvalBatches(torch.utils.data.Dataset):
+    """Validation: each task's first records in order, no condition dropout; one task per batch."""
+
+    def __init__(self, records: TaskRecords, vocab: Vocab, describe_ids: list[int], batch_size: int,
+                 per_task: int):
+        self.items = []
+        for task in TASKS:
+            pool = records.by_task.get(task, [])[:per_task]
+            for start in range(0, len(pool), batch_size):
+                self.items.append((task, pool[start:start + batch_size]))
+        self.records, self.vocab, self.describe_ids = records, vocab, describe_ids
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, k: int) -> dict:
+        task, chosen = self.items[k]
+        rng = random.Random(k)
+        seqs = [build_sequence(self.vocab, r, self.records.codes, rng, 0.0, self.describe_ids) for r in chosen]
+        batch = collate(seqs, self.vocab.pad)
+        batch["task"] = task
+        return batch

@@ -1,0 +1,64 @@
+"""Pretraining the unified model: plain next-token prediction on the targets of each task's sequence.
+
+    loss = cross-entropy(logits[:, :-1], labels[:, 1:]) over target positions (labels != -100)
+
+The LightningModule is a thin wrapper: it owns the schedule (warmup, then cosine to min_lr_ratio or
+constant) and logs the loss per task and tokens per second.
+"""
+
+from __future__ import annotations
+
+import time
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from arm.model.backbone import build_causal_lm
+from arm.schedules import warmup_cosine
+
+
+def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of predicting labels[:, t+1] from position t. logits (B, T, V), labels (B, T)."""
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+
+
+class PretrainModule(L.LightningModule):
+    def __init__(self, backbone: dict, lr: float, warmup_steps: int, max_steps: int, min_lr_ratio: float = 0.1,
+                 schedule: str = "cosine", weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.95)):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = build_causal_lm(**backbone)
+        self._tick: float | None = None
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        logits = self(batch["input_ids"], batch["attention_mask"])
+        loss = next_token_loss(logits, batch["labels"])
+        task = batch["task"]
+        self.log("train/loss", loss, prog_bar=True)
+        self.log(f"train/loss_{task}", loss)
+        now = time.perf_counter()
+        if self._tick is not None:
+            tokens = batch["attention_mask"].sum() * self.trainer.world_size
+            self.log("train/tokens_per_s", tokens / (now - self._tick))
+        self._tick = now
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        loss = next_token_loss(self(batch["input_ids"], batch["attention_mask"]), batch["labels"])
+        self.log(f"val/loss_{batch['task']}", loss, batch_size=len(batch["input_ids"]))
+        self.log("val/loss", loss, batch_size=len(batch["input_ids"]))
+
+    def configure_optimizers(self):
+        decay = [p for n, p in self.model.named_parameters() if p.requires_grad and p.ndim >= 2]
+        no_decay = [p for n, p in self.model.named_parameters() if p.requires_grad and p.ndim < 2]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.hparams.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=self.hparams.lr,
+                                betas=tuple(self.hparams.betas))
+        schedule = warmup_cosine(self.hparams.warmup_steps, self.hparams.max_steps, self.hparams.min_lr_ratio,
+                                 constant=self.hparams.schedule == "constant")
+        return {"optimizer": opt,
+                "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, schedule), "interval": "step"}}

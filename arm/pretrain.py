@@ -1,0 +1,150 @@
+"""Stage `pretrain`: the unified autoregressive model, trained by next-token prediction on a mix of
+understanding, generation, editing and text-only sequences over cached image codes.
+
+    arm pretrain --config configs/default.yaml                 # tiny Qwen2 on the CPU
+    arm pretrain --config configs/small.yaml                   # one GPU
+
+Writes `artifacts/pretrain/`: the Hugging Face model folder (`config.json`, `model.safetensors`),
+`vocab.json` (the id layout), `tokenizer.json` (the text tokenizer) and `metrics.json`. Checkpoints go to
+`artifacts/checkpoints/pretrain/`; an interrupted run resumes there when started again unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from arm.config import ArmConfig
+from arm.model.data import DESCRIBE, EvalBatches, TaskMixBatches, TaskRecords
+from arm.model.vocab import Vocab
+from arm.progress import quiet_lightning
+
+
+@dataclass(frozen=True)
+class UnifiedModelInfo:
+    """What inference needs besides the weights: the id layout and the image grid."""
+
+    text_size: int
+    codebook_size: int
+    grid: int
+    specials: dict
+
+    def vocab(self) -> Vocab:
+        return Vocab(self.text_size, self.codebook_size, dict(self.specials))
+
+
+def backbone_kwargs(cfg: ArmConfig, vocab_size: int) -> dict:
+    p = cfg.pretrain
+    return dict(arch=p.arch, vocab_size=vocab_size, hidden_size=p.hidden_size, num_layers=p.num_layers,
+                num_heads=p.num_heads, num_kv_heads=p.num_kv_heads, intermediate_size=p.intermediate_size,
+                max_position_embeddings=p.max_position_embeddings, rope_theta=p.rope_theta,
+                tie_word_embeddings=p.tie_word_embeddings, pretrained_path=p.pretrained_path)
+
+
+def _fingerprint(cfg: ArmConfig, *files: Path) -> str:
+    h = hashlib.sha256(json.dumps(asdict(cfg.pretrain), sort_keys=True).encode())
+    for f in files:
+        if f.exists():
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def pretrain_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict | None:
+    import lightning as L
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from arm.model.train import PretrainModule
+    from arm.text_tokenizer import load_tokenizer
+    from arm.tokenizer.stage import stop_at
+
+    quiet_lightning()
+    p = cfg.pretrain
+    if p.strategy == "fsdp":
+        raise ValueError("pretrain.strategy=fsdp (FSDP2 through ModelParallelStrategy) is not available yet; "
+                         "use auto or ddp")
+    started = time.monotonic()
+    prepare_dir, encode_dir = cfg.stage_dir("prepare"), cfg.stage_dir("encode")
+    out, ckpt_dir = cfg.stage_dir("pretrain"), cfg.artifacts / "checkpoints" / "pretrain"
+    if not (encode_dir / "summary.json").exists():
+        raise ValueError(f"{encode_dir} has no image codes; run `arm encode` (or `dvc repro encode`) first")
+    L.seed_everything(p.seed, workers=True, verbose=False)
+
+    tokenizer = load_tokenizer(prepare_dir / "tokenizer.json")
+    encoded = json.loads((encode_dir / "summary.json").read_text())
+    vocab = Vocab.from_tokenizer(tokenizer, encoded["codebook_size"])
+    info = UnifiedModelInfo(vocab.text_size, vocab.codebook_size, encoded["grid"], dict(vocab.specials))
+    describe_ids = tokenizer.encode(DESCRIBE, add_special_tokens=False).ids
+    train, val = TaskRecords(prepare_dir, encode_dir, "train"), TaskRecords(prepare_dir, encode_dir, "val")
+    print(f"pretrain: vocabulary {vocab.size} ({vocab.text_size} text + {vocab.codebook_size} image codes); "
+          f"training records {train.counts()}", file=sys.stderr)
+
+    module = PretrainModule(backbone_kwargs(cfg, vocab.size), lr=p.lr, warmup_steps=p.warmup_steps,
+                            max_steps=p.max_steps, min_lr_ratio=p.min_lr_ratio, schedule=p.schedule,
+                            weight_decay=p.weight_decay)
+    stamp, last = ckpt_dir / "fingerprint.txt", ckpt_dir / "last.ckpt"
+    fingerprint = _fingerprint(cfg, prepare_dir / "summary.json", encode_dir / "summary.json")
+    resume = last if last.exists() and stamp.exists() and stamp.read_text() == fingerprint else None
+    start_step = int(torch.load(resume, map_location="cpu", weights_only=False)["global_step"]) if resume else 0
+    if resume:
+        print(f"pretrain: resuming from {resume} at step {start_step}", file=sys.stderr)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(fingerprint)
+
+    batches = TaskMixBatches(train, vocab, describe_ids, dict(p.task_mix), p.batch_size, p.max_steps * p.accumulate_grad_batches,
+                             p.seed, p.p_drop_condition, start_step * p.accumulate_grad_batches)
+    val_batches = EvalBatches(val, vocab, describe_ids, p.batch_size, p.val_records_per_task)
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False)
+    val_loader = torch.utils.data.DataLoader(val_batches, batch_size=None, shuffle=False)
+    trainer = L.Trainer(
+        max_steps=p.max_steps, max_epochs=-1, accelerator=p.accelerator, devices=p.devices, num_nodes=p.num_nodes,
+        strategy=p.strategy, precision=p.precision,
+        accumulate_grad_batches=p.accumulate_grad_batches, gradient_clip_val=p.grad_clip or None,
+        logger=TensorBoardLogger(cfg.run.log_dir, name="pretrain", version="", default_hp_metric=False),
+        callbacks=[ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=p.val_every_steps, save_top_k=0),
+                   LearningRateMonitor(logging_interval="step")] + ([stop_at(stop_at_step)] if stop_at_step else []),
+        val_check_interval=min(p.val_every_steps * p.accumulate_grad_batches, max(1, len(batches))),
+        check_val_every_n_epoch=None, log_every_n_steps=max(1, min(25, p.max_steps // 5)),
+        enable_progress_bar=sys.stderr.isatty(), enable_model_summary=False, num_sanity_val_steps=0,
+    )
+    if len(batches) > 0:
+        trainer.fit(module, loader, val_loader, ckpt_path=str(resume) if resume else None)
+    if stop_at_step:
+        return None
+    if trainer.global_rank != 0:
+        return None
+    minutes = (time.monotonic() - started) / 60
+    if out.exists():
+        shutil.rmtree(out)
+    module.model.save_pretrained(out)
+    shutil.copyfile(prepare_dir / "tokenizer.json", out / "tokenizer.json")
+    (out / "vocab.json").write_text(json.dumps(asdict(info), indent=2, sort_keys=True) + "\n")
+    val_metrics = trainer.validate(module, val_loader, verbose=False)[0] if len(val_batches) else {}
+    metrics = {"train_minutes": round(minutes, 2), "steps": p.max_steps,
+               "parameters": sum(x.numel() for x in module.model.parameters()),
+               **{k: float(v) for k, v in val_metrics.items()}}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    print("pretrain: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                   for k, v in sorted(metrics.items())), file=sys.stderr)
+    return metrics
+
+
+def load_unified_model(folder: str | Path):
+    """(model, UnifiedModelInfo, text tokenizer) from a `pretrain` (or `rl`) output folder."""
+    from transformers import AutoModelForCausalLM
+
+    from arm.text_tokenizer import load_tokenizer
+
+    folder = Path(folder)
+    if not (folder / "vocab.json").exists():
+        raise ValueError(f"no unified model in {folder}; run `arm pretrain` (or `dvc repro pretrain`)")
+    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).eval()
+    info = UnifiedModelInfo(**json.loads((folder / "vocab.json").read_text()))
+    return model, info, load_tokenizer(folder / "tokenizer.json")
