@@ -129,21 +129,17 @@ def build_parser() -> argparse.ArgumentParser:
                                      "multimodal model (ARM).")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("prepare", help="validate the manifest, make splits, text tokenizer, shards")
-    _add_config_args(p)
-    p.set_defaults(func=cmd_prepare)
-
-    p = sub.add_parser("tokenizer", help="train the semantic visual tokenizer (four losses, FSQ)")
-    _add_config_args(p)
-    p.set_defaults(func=cmd_tokenizer)
-
-    p = sub.add_parser("encode", help="visual tokens for every prepared image, written once")
-    _add_config_args(p)
-    p.set_defaults(func=cmd_encode)
-
-    p = sub.add_parser("pretrain", help="train the unified autoregressive model on the task mix")
-    _add_config_args(p)
-    p.set_defaults(func=cmd_pretrain)
+    # One subcommand per lifecycle stage, all taking --config and overrides.
+    stages = (
+        ("prepare", "validate the manifest, make splits, text tokenizer, shards", cmd_prepare),
+        ("tokenizer", "train the semantic visual tokenizer (four losses, FSQ)", cmd_tokenizer),
+        ("encode", "visual tokens for every prepared image, written once", cmd_encode),
+        ("pretrain", "train the unified autoregressive model on the task mix", cmd_pretrain),
+    )
+    for name, help_text, func in stages:
+        p = sub.add_parser(name, help=help_text)
+        _add_config_args(p)
+        p.set_defaults(func=func)
 
     world = sub.add_parser("world", help="the Shapes world: generate a dataset, parse images").add_subparsers(
         dest="world_command", required=True)
