@@ -11,7 +11,6 @@ Writes `artifacts/pretrain/`: the Hugging Face model folder (`config.json`, `mod
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from arm.checkpoints import fingerprint, resume_point, stop_at
 from arm.config import ArmConfig
 from arm.model.data import DESCRIBE, EvalBatches, TaskMixBatches, TaskRecords
 from arm.model.vocab import Vocab
@@ -48,14 +48,6 @@ def backbone_kwargs(cfg: ArmConfig, vocab_size: int) -> dict:
                 tie_word_embeddings=p.tie_word_embeddings, pretrained_path=p.pretrained_path)
 
 
-def _fingerprint(cfg: ArmConfig, *files: Path) -> str:
-    h = hashlib.sha256(json.dumps(asdict(cfg.pretrain), sort_keys=True).encode())
-    for f in files:
-        if f.exists():
-            h.update(f.read_bytes())
-    return h.hexdigest()[:16]
-
-
 def pretrain_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict | None:
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
@@ -63,7 +55,6 @@ def pretrain_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict |
 
     from arm.model.train import PretrainModule
     from arm.text_tokenizer import load_tokenizer
-    from arm.tokenizer.stage import stop_at
 
     quiet_lightning()
     p = cfg.pretrain
@@ -89,14 +80,8 @@ def pretrain_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict |
     module = PretrainModule(backbone_kwargs(cfg, vocab.size), lr=p.lr, warmup_steps=p.warmup_steps,
                             max_steps=p.max_steps, min_lr_ratio=p.min_lr_ratio, schedule=p.schedule,
                             weight_decay=p.weight_decay)
-    stamp, last = ckpt_dir / "fingerprint.txt", ckpt_dir / "last.ckpt"
-    fingerprint = _fingerprint(cfg, prepare_dir / "summary.json", encode_dir / "summary.json")
-    resume = last if last.exists() and stamp.exists() and stamp.read_text() == fingerprint else None
-    start_step = int(torch.load(resume, map_location="cpu", weights_only=False)["global_step"]) if resume else 0
-    if resume:
-        print(f"pretrain: resuming from {resume} at step {start_step}", file=sys.stderr)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(fingerprint)
+    stamp = fingerprint(asdict(p), prepare_dir / "summary.json", encode_dir / "summary.json")
+    resume, start_step = resume_point(ckpt_dir, stamp, "pretrain")
 
     batches = TaskMixBatches(train, vocab, describe_ids, dict(p.task_mix), p.batch_size, p.max_steps * p.accumulate_grad_batches,
                              p.seed, p.p_drop_condition, start_step * p.accumulate_grad_batches)

@@ -19,17 +19,24 @@ from arm.tokenizer.model import VisualTokenizer
 
 
 @torch.no_grad()
-def encode_all(model: VisualTokenizer, pixels: np.ndarray, batch_size: int = 128) -> dict[str, torch.Tensor]:
-    """indices (N, g, g), reconstructions (N, 3, S, S) and pooled up-projected features (N, C)."""
-    indices, recon, pooled, up_all = [], [], [], []
+def encode_all(model: VisualTokenizer, pixels: np.ndarray, batch_size: int = 128,
+               reconstruct: bool = True) -> dict[str, torch.Tensor]:
+    """indices (N, g, g), up-projected features (N, C, g, g), their mean over the grid (N, C) and, with
+    `reconstruct`, reconstructions (N, 3, S, S)."""
+    indices, recon, up_all = [], [], []
     for start in range(0, len(pixels), batch_size):
-        out = model(to_tensor(pixels[start:start + batch_size]))
-        indices.append(out.indices)
-        recon.append(out.reconstruction.clamp(-1, 1))
-        pooled.append(out.up.mean(dim=(2, 3)))
-        up_all.append(out.up)
-    return {"indices": torch.cat(indices), "reconstruction": torch.cat(recon), "pooled": torch.cat(pooled),
-            "up": torch.cat(up_all)}
+        images = to_tensor(pixels[start:start + batch_size])
+        codes, idx = model.quantize(model.features(images), images)
+        up = model.up_project(codes)
+        indices.append(idx)
+        up_all.append(up)
+        if reconstruct:
+            recon.append(model.pixel_decoder(up).clamp(-1, 1))
+    up = torch.cat(up_all)
+    out = {"indices": torch.cat(indices), "up": up, "pooled": up.mean(dim=(2, 3))}
+    if reconstruct:
+        out["reconstruction"] = torch.cat(recon)
+    return out
 
 
 def code_statistics(indices: torch.Tensor, codebook_size: int) -> dict[str, float]:
@@ -108,10 +115,10 @@ def one_object_labels(scenes: list[dict | None]) -> tuple[list[int], list[int], 
     return idx, colours, shapes
 
 
-def probe_scores(train_pooled: torch.Tensor, train_data: CaptionedImages, test_pooled: torch.Tensor,
-                 test_data: CaptionedImages) -> dict[str, float] | None:
-    tr, trc, trs = one_object_labels(train_data.scenes)
-    te, tec, tes = one_object_labels(test_data.scenes)
+def probe_scores(train_pooled: torch.Tensor, train_scenes: list[dict | None], test_pooled: torch.Tensor,
+                 test_scenes: list[dict | None]) -> dict[str, float] | None:
+    tr, trc, trs = one_object_labels(train_scenes)
+    te, tec, tes = one_object_labels(test_scenes)
     if len(tr) < 20 or len(te) < 10:
         return None
     x_tr, x_te = train_pooled[tr], test_pooled[te]

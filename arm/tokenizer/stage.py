@@ -10,7 +10,6 @@ Writes `artifacts/tokenizer/` (model.safetensors, config.json, metrics.json). Ch
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from arm.checkpoints import fingerprint, resume_point, stop_at
 from arm.config import ArmConfig
 from arm.progress import progress, quiet_lightning
 from arm.tokenizer.data import EvalBatches, StepBatches, load_captioned_images
@@ -48,28 +48,6 @@ def cache_features(model: VisualTokenizer, pixels, desc: str, batch_size: int = 
     for start in progress(range(0, len(pixels), batch_size), desc=desc):
         chunks.append(model.features(to_tensor(pixels[start:start + batch_size])))
     return torch.cat(chunks)
-
-
-def fingerprint(cfg: ArmConfig, prepare_dir: Path) -> str:
-    """Identifies a training run: its config and the prepared data it reads."""
-    h = hashlib.sha256(json.dumps(asdict(cfg.tokenizer), sort_keys=True).encode())
-    h.update(str(cfg.data.image_size).encode())
-    summary = prepare_dir / "summary.json"
-    if summary.exists():
-        h.update(summary.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def stop_at(step: int):
-    """A callback that stops training once `step` optimiser steps are done, as an interruption would."""
-    import lightning as L
-
-    class StopAtStep(L.Callback):
-        def on_train_batch_end(self, trainer, *args):
-            if trainer.global_step >= step:
-                trainer.should_stop = True
-
-    return StopAtStep()
 
 
 def tokenizer_stage(cfg: ArmConfig, *, max_steps: int | None = None, stop_at_step: int | None = None) -> dict | None:
@@ -113,16 +91,8 @@ def tokenizer_stage(cfg: ArmConfig, *, max_steps: int | None = None, stop_at_ste
                 for s, d in (("train", train), ("val", val))}
 
     # Resume only a run of this very configuration and data.
-    print_ = fingerprint(cfg, prepare_dir)
-    stamp = ckpt_dir / "fingerprint.txt"
-    last = ckpt_dir / "last.ckpt"
-    resume = last if last.exists() and stamp.exists() and stamp.read_text() == print_ else None
-    start_step = 0
-    if resume is not None:
-        start_step = int(torch.load(resume, map_location="cpu", weights_only=False)["global_step"])
-        print(f"tokenizer: resuming from {resume} at step {start_step}", file=sys.stderr)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(print_)
+    stamp = fingerprint(asdict(t), prepare_dir / "summary.json", extra=str(cfg.data.image_size))
+    resume, start_step = resume_point(ckpt_dir, stamp, "tokenizer")
 
     train_batches = StepBatches(train, features["train"], text_emb["train"], t.batch_size, max_steps, t.seed,
                                 t.max_caption_tokens, start_step)
@@ -162,7 +132,8 @@ def evaluate_tokenizer(model: VisualTokenizer, train, val, text_emb: dict, image
     from arm.images import to_tensor
 
     enc_val = encode_all(model, val.pixels)
-    enc_train = encode_all(model, train.pixels[:4000])
+    probe_train = 4000  # enough one-object scenes for the probes; the pooled features are all they need
+    enc_train = encode_all(model, train.pixels[:probe_train], reconstruct=False)
     metrics: dict = {"val_images": len(val),
                      "psnr": float(psnr(enc_val["reconstruction"], to_tensor(val.pixels)))}
     metrics.update(code_statistics(enc_val["indices"], model.codebook_size))
@@ -172,8 +143,7 @@ def evaluate_tokenizer(model: VisualTokenizer, train, val, text_emb: dict, image
     ret = retrieval(model, enc_val["up"], val, text_emb["val"])
     if ret:
         metrics.update(ret)
-    train.scenes = train.scenes[:4000]
-    probes = probe_scores(enc_train["pooled"], train, enc_val["pooled"], val)
+    probes = probe_scores(enc_train["pooled"], train.scenes[:probe_train], enc_val["pooled"], val.scenes)
     if probes:
         metrics.update(probes)
     return metrics

@@ -131,7 +131,8 @@ def generate_world(out: str | Path, spec: WorldSpec, *, overwrite: bool = False,
     counts: dict[str, dict[str, int]] = {}
     total = sum(spec.count(s) for s in SPLITS)
     done = 0
-    with open(out / "manifest.jsonl", "w", encoding="utf-8", newline="\n") if _mkdir(out) else None as manifest:
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "manifest.jsonl", "w", encoding="utf-8", newline="\n") as manifest:
         for split in SPLITS:
             (out / "images" / split).mkdir(parents=True, exist_ok=True)
             split_counts = counts.setdefault(split, {})
@@ -153,7 +154,3 @@ def generate_world(out: str | Path, spec: WorldSpec, *, overwrite: bool = False,
                                                indent=2, sort_keys=True) + "\n")
     return counts
 
-
-def _mkdir(path: Path) -> bool:
-    path.mkdir(parents=True, exist_ok=True)
-    return True
