@@ -31,7 +31,9 @@ def resume_point(ckpt_dir: Path, stamp: str, label: str) -> tuple[Path | None, i
 
     stamp_file, last = ckpt_dir / "fingerprint.txt", ckpt_dir / "last.ckpt"
     resume = last if last.exists() and stamp_file.exists() and stamp_file.read_text() == stamp else None
-    start_step = int(torch.load(resume, map_location="cpu", weights_only=False)["global_step"]) if resume else 0
+    # A sharded (FSDP) checkpoint is a folder whose meta.pt holds the loop state.
+    meta = resume / "meta.pt" if resume is not None and resume.is_dir() else resume
+    start_step = int(torch.load(meta, map_location="cpu", weights_only=False)["global_step"]) if resume else 0
     if resume:
         print(f"{label}: resuming from {resume} at step {start_step}", file=sys.stderr)
     ckpt_dir.mkdir(parents=True, exist_ok=True)

@@ -1,11 +1,14 @@
 """The `arm` command: one subcommand per lifecycle stage, plus data and config utilities.
 
     arm prepare --config configs/default.yaml [section.key=value ...]
-    arm tokenizer | arm encode | arm pretrain   (the next stages, same arguments)
+    arm tokenizer | arm encode | arm pretrain | arm evaluate   (the next stages, same arguments)
     arm world generate --out data --num-scenes 10000 --size 64 --seed 0
     arm world parse image.png
     arm import captions|jsonl|edits|qa SRC --out data [--append | --overwrite]
     arm data ensure
+    arm generate "a large red circle at the center" --out samples/ [--num 4 --guidance 3 --seed 0]
+    arm edit source.png "make the circle blue" --out edited.png
+    arm understand image.png "what color is the circle?"      (no image: --text-only)
     arm config show --config configs/small.yaml
 
 A user's mistake (bad config key, missing file, unusable data) prints one line saying what to change
@@ -42,7 +45,7 @@ def cmd_prepare(args) -> None:
 def cmd_tokenizer(args) -> None:
     from arm.tokenizer.stage import tokenizer_stage
 
-    tokenizer_stage(_load(args))
+    tokenizer_stage(_load(args), stop_at_step=args.stop_at_step)
 
 
 def cmd_encode(args) -> None:
@@ -54,7 +57,19 @@ def cmd_encode(args) -> None:
 def cmd_pretrain(args) -> None:
     from arm.pretrain import pretrain_stage
 
-    pretrain_stage(_load(args))
+    pretrain_stage(_load(args), stop_at_step=args.stop_at_step)
+
+
+def cmd_evaluate(args) -> None:
+    if args.compare:
+        from arm.evaluate.compare import compare, format_table
+
+        a, b = args.compare
+        print(format_table(compare(a, b), a, b))
+        return
+    from arm.evaluate.stage import evaluate_stage
+
+    evaluate_stage(_load(args))
 
 
 def cmd_world_generate(args) -> None:
@@ -124,6 +139,116 @@ def cmd_config_show(args) -> None:
     print(to_yaml(_load(args)), end="")
 
 
+def _inference_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="artifacts/pretrain", help="unified model folder (pretrain or rl output)")
+    p.add_argument("--tokenizer", default="artifacts/tokenizer", help="visual tokenizer folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+
+
+def _sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--guidance", type=float, default=3.0, help="text guidance scale (1 = none)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+
+
+def _pipeline(args):
+    from arm.pipeline import Pipeline
+
+    return Pipeline.load(args.model, args.tokenizer, device=args.device)
+
+
+def _sampling(args):
+    from arm.generate import Sampling
+
+    return Sampling(args.temperature, args.top_k, args.top_p, args.seed)
+
+
+def _read_image(path: str, size: int):
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if im.size != (size, size):
+                im = im.resize((size, size), Image.BICUBIC)
+            return np.asarray(im)
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"cannot read image {path}: {e}; pass a PNG or JPEG file") from e
+
+
+def cmd_generate(args) -> None:
+    from PIL import Image
+
+    from arm.pipeline import Guidance
+
+    pipe = _pipeline(args)
+    prompts = [p for p in args.prompts for _ in range(args.num)]
+    images = pipe.generate(prompts, Guidance(scale=args.guidance), _sampling(args))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for i, (prompt, image) in enumerate(zip(prompts, images)):
+        path = out / f"{i:04d}.png"
+        Image.fromarray(image).save(path)
+        print(f"{path}\t{prompt}")
+
+
+def cmd_edit(args) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from arm.pipeline import Guidance
+
+    pipe = _pipeline(args)
+    source = _read_image(args.image, pipe.image_size)
+    edited = pipe.edit(np.stack([source]), [args.instruction],
+                       Guidance(scale=args.guidance, image_scale=args.image_guidance), _sampling(args))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(edited[0]).save(args.out)
+    print(args.out)
+
+
+def cmd_understand(args) -> None:
+    import numpy as np
+
+    from arm.generate import Sampling
+
+    pipe = _pipeline(args)
+    if args.text_only:
+        images, questions = None, [args.image] + list(args.questions)
+    else:
+        if not args.questions:
+            raise ValueError("give a question after the image (or --text-only with questions alone)")
+        images = np.stack([_read_image(args.image, pipe.image_size)] * len(args.questions))
+        questions = list(args.questions)
+    answers = pipe.understand(images, questions, sampling=Sampling(temperature=0.0))
+    for q, a in zip(questions, answers):
+        print(f"{q}\t{a}")
+
+
+def cmd_bench(args) -> None:
+    from arm.evaluate import public
+    from arm.evaluate.judge import Judge, JudgeConfig
+    from arm.pipeline import Guidance
+
+    pipe = _pipeline(args)
+    guidance, sampling = Guidance(scale=args.guidance), _sampling(args)
+    if args.benchmark == "geneval":
+        out = public.run_geneval(pipe, args.source, args.out, args.num, guidance, sampling)
+        print(f"wrote {out}; score it with GenEval's evaluation/evaluate_images.py {out}")
+        return
+    judge = Judge(JudgeConfig(args.judge_url, args.judge_model))
+    try:
+        run = public.run_wise if args.benchmark == "wise" else public.run_gedit
+        result = run(pipe, args.source, judge, args.out, guidance, sampling)
+    finally:
+        judge.close()
+    summary = {k: v for k, v in result.items() if k not in ("judge_errors", "per_group", "per_category")}
+    print(json.dumps(summary), f"judge errors: {len(result['judge_errors'])}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="arm", description="Train, evaluate and serve a unified autoregressive "
                                      "multimodal model (ARM).")
@@ -135,11 +260,52 @@ def build_parser() -> argparse.ArgumentParser:
         ("tokenizer", "train the semantic visual tokenizer (four losses, FSQ)", cmd_tokenizer),
         ("encode", "visual tokens for every prepared image, written once", cmd_encode),
         ("pretrain", "train the unified autoregressive model on the task mix", cmd_pretrain),
+        ("evaluate", "score the unified model on the world benchmarks", cmd_evaluate),
     )
     for name, help_text, func in stages:
         p = sub.add_parser(name, help=help_text)
         _add_config_args(p)
+        if name == "evaluate":
+            p.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                           help="instead of evaluating, compare two evaluate folders (B - A with 95%% intervals)")
+        if name in ("tokenizer", "pretrain"):
+            p.add_argument("--stop-at-step", type=int, default=None,
+                           help="stop after this many optimiser steps, keeping the checkpoint; run again "
+                                "without it to resume")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("generate", help="text -> images with the trained unified model")
+    p.add_argument("prompts", nargs="+")
+    p.add_argument("--out", default="samples", help="folder for the PNGs")
+    p.add_argument("--num", type=int, default=1, help="images per prompt")
+    _inference_args(p)
+    _sampling_args(p)
+    p.set_defaults(func=cmd_generate)
+    p = sub.add_parser("edit", help="source image + instruction -> edited image")
+    p.add_argument("image")
+    p.add_argument("instruction")
+    p.add_argument("--out", default="edited.png")
+    p.add_argument("--image-guidance", type=float, default=1.5, help="source-image guidance scale")
+    _inference_args(p)
+    _sampling_args(p)
+    p.set_defaults(func=cmd_edit)
+    p = sub.add_parser("understand", help="answer questions about an image (or text-only questions)")
+    p.add_argument("image", help="image file (with --text-only: the first question)")
+    p.add_argument("questions", nargs="*")
+    p.add_argument("--text-only", action="store_true")
+    _inference_args(p)
+    p.set_defaults(func=cmd_understand)
+
+    p = sub.add_parser("bench", help="public benchmarks on your copy of their files: geneval, wise, gedit")
+    p.add_argument("benchmark", choices=("geneval", "wise", "gedit"))
+    p.add_argument("source", help="geneval: evaluation_metadata.jsonl; wise: its prompt folder; gedit: records JSONL")
+    p.add_argument("--out", default="artifacts/bench")
+    p.add_argument("--num", type=int, default=4, help="geneval: images per prompt")
+    p.add_argument("--judge-url", help="OpenAI-compatible base URL (else $ARM_JUDGE_BASE_URL)")
+    p.add_argument("--judge-model", help="the judge model, pinned in the results (else $ARM_JUDGE_MODEL)")
+    _inference_args(p)
+    _sampling_args(p)
+    p.set_defaults(func=cmd_bench)
 
     world = sub.add_parser("world", help="the Shapes world: generate a dataset, parse images").add_subparsers(
         dest="world_command", required=True)

@@ -172,6 +172,8 @@ class PretrainConfig:
     num_nodes: int = 1
     val_every_steps: int = 500
     val_records_per_task: int = 128
+    sample_every_steps: int = 500            # TensorBoard grids and world scores of fixed val samples; 0 = off
+    sample_records_per_task: int = 16
     seed: int = 0
 
     def __post_init__(self):
@@ -189,12 +191,36 @@ class PretrainConfig:
 
 
 @dataclass
+class EvaluateConfig:
+    """The world benchmarks (stage `evaluate`) on a trained unified model."""
+
+    model: str = "pretrain"                  # the stage whose model to score (pretrain | rl) or a folder
+    splits: List[str] = field(default_factory=lambda: ["test", "holdout"])
+    limit: Optional[int] = None              # records per task and split (None: all)
+    samples_per_prompt: int = 1
+    guidance_scale: float = 3.0              # text guidance (generation and editing)
+    image_guidance_scale: float = 1.5        # source-image guidance (editing)
+    temperature: float = 1.0
+    top_k: int = 0
+    batch_size: int = 64
+    seed: int = 0
+
+    def __post_init__(self):
+        unknown = set(self.splits) - {"train", "val", "test", "holdout"}
+        if unknown:
+            raise ValueError(f"evaluate.splits has unknown splits {sorted(unknown)}; use val, test, holdout")
+        if self.samples_per_prompt < 1:
+            raise ValueError("evaluate.samples_per_prompt must be at least 1")
+
+
+@dataclass
 class ArmConfig:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     @property
     def artifacts(self) -> Path:

@@ -24,7 +24,7 @@ from arm.checkpoints import fingerprint, resume_point, stop_at
 from arm.config import ArmConfig
 from arm.model.data import DESCRIBE, EvalBatches, TaskMixBatches, TaskRecords
 from arm.model.vocab import Vocab
-from arm.progress import quiet_lightning
+from arm.progress import quiet_lightning, training_progress
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,38 @@ def backbone_kwargs(cfg: ArmConfig, vocab_size: int) -> dict:
                 tie_word_embeddings=p.tie_word_embeddings, pretrained_path=p.pretrained_path)
 
 
+def training_strategy(p):
+    """The Lightning strategy for `pretrain.strategy`: auto, DDP, or FSDP2 through ModelParallelStrategy
+    (data parallel over every process; the module shards itself in `configure_model`)."""
+    if p.strategy == "ddp":
+        from lightning.pytorch.strategies import DDPStrategy
+
+        return DDPStrategy(find_unused_parameters=False)
+    if p.strategy == "fsdp":
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        return ModelParallelStrategy(data_parallel_size=p.devices * p.num_nodes, tensor_parallel_size=1)
+    return "auto"
+
+
+def full_model(model):
+    """The model with ordinary full tensors: itself unless FSDP sharded it, else a fresh copy on CPU with
+    the gathered weights (collective: every process must call it)."""
+    from torch.distributed.tensor import DTensor
+
+    if not any(isinstance(p, DTensor) for p in model.parameters()):
+        return model
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    with torch.device("meta"):
+        fresh = type(model)(model.config)
+    if state:
+        fresh.load_state_dict(state, assign=True)
+        fresh.tie_weights()
+    return fresh
+
+
 def pretrain_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict | None:
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
@@ -58,9 +90,10 @@ def pretrain_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict |
 
     quiet_lightning()
     p = cfg.pretrain
-    if p.strategy == "fsdp":
-        raise ValueError("pretrain.strategy=fsdp (FSDP2 through ModelParallelStrategy) is not available yet; "
-                         "use auto or ddp")
+    world = p.devices * p.num_nodes if p.strategy != "auto" else 1
+    if p.batch_size % world:
+        raise ValueError(f"pretrain.batch_size {p.batch_size} must be a multiple of devices x num_nodes ({world}): "
+                         "it is the global batch, split evenly across processes")
     started = time.monotonic()
     prepare_dir, encode_dir = cfg.stage_dir("prepare"), cfg.stage_dir("encode")
     out, ckpt_dir = cfg.stage_dir("pretrain"), cfg.artifacts / "checkpoints" / "pretrain"
@@ -77,9 +110,11 @@ def pretrain_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict |
     print(f"pretrain: vocabulary {vocab.size} ({vocab.text_size} text + {vocab.codebook_size} image codes); "
           f"training records {train.counts()}", file=sys.stderr)
 
+    fsdp_bf16 = p.strategy == "fsdp" and p.precision.startswith("bf16")
     module = PretrainModule(backbone_kwargs(cfg, vocab.size), lr=p.lr, warmup_steps=p.warmup_steps,
                             max_steps=p.max_steps, min_lr_ratio=p.min_lr_ratio, schedule=p.schedule,
-                            weight_decay=p.weight_decay)
+                            weight_decay=p.weight_decay, activation_checkpointing=p.activation_checkpointing,
+                            fsdp_mixed_precision=fsdp_bf16)
     stamp = fingerprint(asdict(p), prepare_dir / "summary.json", encode_dir / "summary.json")
     resume, start_step = resume_point(ckpt_dir, stamp, "pretrain")
 
@@ -88,30 +123,39 @@ def pretrain_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict |
     val_batches = EvalBatches(val, vocab, describe_ids, p.batch_size, p.val_records_per_task)
     loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False)
     val_loader = torch.utils.data.DataLoader(val_batches, batch_size=None, shuffle=False)
+    samples = []
+    if p.sample_every_steps > 0 and (cfg.stage_dir("tokenizer") / "model.safetensors").exists():
+        from arm.model.callbacks import WorldSamples
+
+        samples = [WorldSamples(prepare_dir, cfg.stage_dir("tokenizer"), info, tokenizer, p.sample_every_steps,
+                                p.sample_records_per_task)]
     trainer = L.Trainer(
         max_steps=p.max_steps, max_epochs=-1, accelerator=p.accelerator, devices=p.devices, num_nodes=p.num_nodes,
-        strategy=p.strategy, precision=p.precision,
+        strategy=training_strategy(p), precision="32-true" if fsdp_bf16 else p.precision, use_distributed_sampler=False,
         accumulate_grad_batches=p.accumulate_grad_batches, gradient_clip_val=p.grad_clip or None,
         logger=TensorBoardLogger(cfg.run.log_dir, name="pretrain", version="", default_hp_metric=False),
         callbacks=[ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=p.val_every_steps, save_top_k=0),
-                   LearningRateMonitor(logging_interval="step")] + ([stop_at(stop_at_step)] if stop_at_step else []),
+                   LearningRateMonitor(logging_interval="step")]
+        + ([] if sys.stderr.isatty() else [training_progress("pretrain")]) + samples + ([stop_at(stop_at_step)] if stop_at_step else []),
         val_check_interval=min(p.val_every_steps * p.accumulate_grad_batches, max(1, len(batches))),
         check_val_every_n_epoch=None, log_every_n_steps=max(1, min(25, p.max_steps // 5)),
         enable_progress_bar=sys.stderr.isatty(), enable_model_summary=False, num_sanity_val_steps=0,
     )
-    if len(batches) > 0:
-        trainer.fit(module, loader, val_loader, ckpt_path=str(resume) if resume else None)
+    # Always fit: resuming a finished run restores its weights and then stops at once.
+    trainer.fit(module, loader, val_loader, ckpt_path=str(resume) if resume else None)
     if stop_at_step:
         return None
+    minutes = (time.monotonic() - started) / 60
+    # Every process takes part in validation and in gathering sharded weights; only rank 0 writes.
+    val_metrics = trainer.validate(module, val_loader, verbose=False)[0] if len(val_batches) else {}
+    model = full_model(module.model)
     if trainer.global_rank != 0:
         return None
-    minutes = (time.monotonic() - started) / 60
     if out.exists():
         shutil.rmtree(out)
-    module.model.save_pretrained(out)
+    model.save_pretrained(out)
     shutil.copyfile(prepare_dir / "tokenizer.json", out / "tokenizer.json")
     (out / "vocab.json").write_text(json.dumps(asdict(info), indent=2, sort_keys=True) + "\n")
-    val_metrics = trainer.validate(module, val_loader, verbose=False)[0] if len(val_batches) else {}
     metrics = {"train_minutes": round(minutes, 2), "steps": p.max_steps,
                "parameters": sum(x.numel() for x in module.model.parameters()),
                **{k: float(v) for k, v in val_metrics.items()}}

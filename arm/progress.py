@@ -57,3 +57,31 @@ def quiet_lightning() -> None:
     for message in (r".*module\(s\) in eval mode.*", r".*does not have many workers.*",
                     r".*LeafSpec.*is deprecated.*", r".*isinstance\(treespec, LeafSpec\).*"):
         warnings.filterwarnings("ignore", message=message)
+
+
+def training_progress(label: str, interval: float = 30.0):
+    """A Lightning callback for logs (no terminal): `label: step k/N (pct) loss x, elapsed, eta` at most
+    every `interval` seconds, where a progress bar would print carriage-return noise."""
+    import lightning as L
+
+    class TrainingProgress(L.Callback):
+        def __init__(self):
+            self.start = self.last = None
+
+        def on_train_start(self, trainer, module):
+            self.start = self.last = time.monotonic()
+            self.first_step = trainer.global_step
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            now, step, total = time.monotonic(), trainer.global_step, trainer.max_steps
+            if trainer.global_rank or (now - self.last < interval and step < total):
+                return
+            self.last = now
+            done = max(1, step - self.first_step)
+            eta = (now - self.start) / done * max(0, total - step)
+            loss = trainer.callback_metrics.get("train/loss")
+            loss_text = f" loss {float(loss):.4f}" if loss is not None else ""
+            print(f"{label}: step {step}/{total} ({100 * step / max(1, total):.0f}%){loss_text}, "
+                  f"{now - self.start:.0f}s elapsed, eta {eta:.0f}s", file=sys.stderr, flush=True)
+
+    return TrainingProgress()

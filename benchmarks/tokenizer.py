@@ -10,7 +10,6 @@ randomly initialised model of the default configuration (same architecture, same
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import resource
 import time
@@ -18,6 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from reporting import report
 
 
 def _rate(fn, batch: torch.Tensor, min_seconds: float = 2.0) -> float:
@@ -54,12 +54,7 @@ def main() -> None:
             result[f"encode_images_per_s_batch{batch_size}"] = _rate(model.encode, images)
             result[f"decode_images_per_s_batch{batch_size}"] = _rate(model.decode, codes)
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    for key, value in result.items():
-        if key != "config":
-            print(f"{key:>32}: {value:,.1f}" if isinstance(value, float) else f"{key:>32}: {value}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    report(result, args.out)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ Targets (issue 2): rendering and the verifier each at least 1,000 images per sec
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 # One core: pin every BLAS/OpenMP pool before numpy loads.
@@ -18,6 +17,8 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import platform  # noqa: E402
 import tempfile  # noqa: E402
+
+from reporting import report  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -75,14 +76,9 @@ def main() -> None:
     args = parser.parse_args()
     result = {"machine": {"python": platform.python_version(), "processor": platform.machine(), "threads": 1},
               **bench_render_and_parse(args.scenes), **bench_import(args.records)}
-    for key, value in result.items():
-        if key != "machine":
-            print(f"{key:>26}: {value:,.3f}" if isinstance(value, float) else f"{key:>26}: {value}")
+    report(result, args.out)
     ok = result["render_per_s"] >= 1000 and result["verifier_per_s"] >= 1000
     print("targets (>= 1,000/s render and verifier):", "met" if ok else "NOT met")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -65,3 +65,55 @@ def project_copy(dest: Path) -> Path:
     subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
     subprocess.run(["git", "commit", "-qm", "copy"], cwd=dest, check=True, env=env)
     return dest
+
+
+# Every stage at its smallest: a few optimiser steps on the tiny world.
+TINY = ["tokenizer.max_steps=4", "tokenizer.val_every_steps=2", "tokenizer.batch_size=8",
+        "tokenizer.max_train_images=48", "tokenizer.num_val_images=16", "tokenizer.hidden=16",
+        "tokenizer.decoder_channels=16", "tokenizer.caption_dim=16", "tokenizer.caption_layers=1",
+        "tokenizer.warmup_steps=1",
+        "pretrain.hidden_size=32", "pretrain.num_layers=2", "pretrain.num_heads=4", "pretrain.num_kv_heads=2",
+        "pretrain.intermediate_size=64", "pretrain.batch_size=4", "pretrain.max_steps=6",
+        "pretrain.val_every_steps=3", "pretrain.warmup_steps=2", "pretrain.val_records_per_task=8",
+        "pretrain.sample_every_steps=3", "pretrain.sample_records_per_task=2"]
+
+
+def tiny_sections() -> dict[str, dict]:
+    """TINY as nested config sections, to write into a copied project's configs/default.yaml."""
+    import yaml
+
+    sections: dict[str, dict] = {}
+    for item in TINY:
+        key, value = item.split("=", 1)
+        section, name = key.split(".", 1)
+        sections.setdefault(section, {})[name] = yaml.safe_load(value)
+    return sections
+
+
+@pytest.fixture(scope="session")
+def encoded_stages(tmp_path_factory, tiny_world) -> Path:
+    """prepare, tokenizer and encode run once on the tiny world (read-only: copy before writing)."""
+    from arm.config import load_config
+    from arm.encode import encode_stage
+    from arm.prepare import prepare
+    from arm.tokenizer.stage import tokenizer_stage
+
+    root = tmp_path_factory.mktemp("encoded")
+    cfg = load_config("configs/default.yaml", [f"data.root={tiny_world}", f"run.artifacts_dir={root}",
+                                               f"run.log_dir={root / 'logs'}", *TINY])
+    prepare(cfg)
+    tokenizer_stage(cfg)
+    encode_stage(cfg)
+    return root
+
+
+@pytest.fixture()
+def encoded(tmp_path, tiny_world, encoded_stages):
+    """A config whose artifacts folder holds its own copy of the tiny prepare, tokenizer and encode outputs."""
+    from arm.config import load_config
+
+    artifacts = tmp_path / "a"
+    for stage in ("prepare", "tokenizer", "encode"):
+        shutil.copytree(encoded_stages / stage, artifacts / stage)
+    return load_config("configs/default.yaml", [f"data.root={tiny_world}", f"run.artifacts_dir={artifacts}",
+                                                f"run.log_dir={artifacts / 'logs'}", *TINY])

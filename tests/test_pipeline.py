@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from arm.data.versioning import data_in_sync, dvc_executable, ensure_data, read_meta
-from tests.conftest import project_copy
+from tests.conftest import project_copy, tiny_sections
 
 pytestmark = pytest.mark.slow
 
@@ -23,11 +23,6 @@ def _run(cmd, cwd: Path) -> str:
     return result.stdout + result.stderr
 
 
-TINY_TOKENIZER = {"max_steps": 4, "val_every_steps": 2, "batch_size": 8, "max_train_images": 48,
-                  "num_val_images": 16, "hidden": 16, "decoder_channels": 16, "caption_dim": 16,
-                  "caption_layers": 1, "warmup_steps": 1}
-
-
 def _tiny_project(tmp_path: Path) -> Path:
     """A fresh copy of the project whose data.dvc tracks a tiny world instead of the default one, and
     whose default preset trains tiny models (the stages' commands read configs/default.yaml)."""
@@ -35,7 +30,8 @@ def _tiny_project(tmp_path: Path) -> Path:
     (repo / "dvc.lock").unlink(missing_ok=True)
     config = repo / "configs" / "default.yaml"
     doc = yaml.safe_load(config.read_text())
-    doc["tokenizer"].update(TINY_TOKENIZER)
+    for section, values in tiny_sections().items():
+        doc[section].update(values)
     config.write_text(yaml.safe_dump(doc, sort_keys=False))
     _run(["arm", "world", "generate", "--out", "data", "--track", *TINY], repo)
     _run(["git", "add", "-A"], repo)
@@ -102,6 +98,7 @@ def test_prefect_flow_runs_every_stage_through_dvc(tmp_path, prefect_server):
     assert (repo / "artifacts" / "prepare" / "summary.json").is_file()
     assert (repo / "artifacts" / "tokenizer" / "model.safetensors").is_file()
     assert any((repo / "artifacts" / "encode").glob("train-*.npz"))
+    assert (repo / "artifacts" / "pretrain" / "model.safetensors").is_file()
     # dvc repro agrees that nothing is left to do.
     assert "up to date" in _run([dvc_executable(), "status"], repo)
 

@@ -8,33 +8,13 @@ import json
 import pytest
 import torch
 
-from arm.config import load_config
-from arm.encode import encode_stage
 from arm.generate import Engine, Sampling
 from arm.model.sequences import generation_sequence
-from arm.prepare import prepare
 from arm.pretrain import load_unified_model, pretrain_stage
-from arm.tokenizer.stage import tokenizer_stage
 
 pytestmark = pytest.mark.slow
 
-TINY = ["tokenizer.max_steps=4", "tokenizer.val_every_steps=2", "tokenizer.batch_size=8",
-        "tokenizer.max_train_images=48", "tokenizer.num_val_images=16", "tokenizer.hidden=16",
-        "tokenizer.decoder_channels=16", "tokenizer.caption_dim=16", "tokenizer.caption_layers=1",
-        "tokenizer.warmup_steps=1",
-        "pretrain.hidden_size=32", "pretrain.num_layers=2", "pretrain.num_heads=4", "pretrain.num_kv_heads=2",
-        "pretrain.intermediate_size=64", "pretrain.batch_size=4", "pretrain.max_steps=6",
-        "pretrain.val_every_steps=3", "pretrain.warmup_steps=2", "pretrain.val_records_per_task=8"]
-
-
-@pytest.fixture()
-def encoded(tmp_path, tiny_world):
-    cfg = load_config("configs/default.yaml", [f"data.root={tiny_world}", f"run.artifacts_dir={tmp_path / 'a'}",
-                                               f"run.log_dir={tmp_path / 'a' / 'logs'}", *TINY])
-    prepare(cfg)
-    tokenizer_stage(cfg)
-    encode_stage(cfg)
-    return cfg
+from tests.conftest import TINY
 
 
 def test_pretrain_saves_a_model_the_engine_can_sample_from(encoded):
@@ -64,11 +44,91 @@ def test_pretrain_resumes_exactly(encoded):
     resumed = load_unified_model(encoded.stage_dir("pretrain"))[0].state_dict()
     for k in full:
         torch.testing.assert_close(resumed[k], full[k], rtol=1e-5, atol=1e-6)
+    # Started again when already finished: restores the last checkpoint and saves the same weights.
+    pretrain_stage(encoded)
+    again = load_unified_model(encoded.stage_dir("pretrain"))[0].state_dict()
+    for k in full:
+        torch.testing.assert_close(again[k], full[k], rtol=1e-5, atol=1e-6)
 
 
-def test_fsdp_is_refused_until_it_exists(encoded):
+DISTRIBUTED = ["pretrain.accelerator=cpu", "pretrain.sample_every_steps=0",
+               # Tasks whose every sequence has the same number of targets (65 image ids + <|eoi|>), so the
+               # mean of per-process mean losses is exactly the one-process mean and weights must agree.
+               "pretrain.task_mix.vqa=0", "pretrain.task_mix.caption=0", "pretrain.task_mix.text=0"]
+
+
+def _run_cli(cfg, artifacts, *overrides, stop_at=None):
+    """`arm pretrain` in a fresh process, as a user runs it: Lightning launches the other processes."""
+    import shutil
+    import subprocess
+    import sys
+
+    for stage in ("prepare", "tokenizer", "encode"):
+        if not (artifacts / stage).exists():
+            shutil.copytree(cfg.stage_dir(stage), artifacts / stage)
+    cmd = [sys.executable, "-m", "arm", "pretrain", "--config", "configs/default.yaml",
+           f"data.root={cfg.data.root}", f"run.artifacts_dir={artifacts}", f"run.log_dir={artifacts / 'logs'}",
+           *TINY, *DISTRIBUTED, *overrides] + (["--stop-at-step", str(stop_at)] if stop_at else [])
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stderr
+
+
+def _weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "pretrain" / "model.safetensors"))
+
+
+@pytest.fixture()
+def one_process(encoded):
     from arm.config import load_config as load
 
-    cfg = load("configs/default.yaml", [f"run.artifacts_dir={encoded.artifacts}", "pretrain.strategy=fsdp"])
-    with pytest.raises(ValueError, match="not available yet"):
+    cfg = load("configs/default.yaml", [f"data.root={encoded.data.root}", f"run.artifacts_dir={encoded.artifacts}",
+                                        f"run.log_dir={encoded.artifacts / 'logs'}", *TINY, *DISTRIBUTED])
+    pretrain_stage(cfg)
+    return _weights(encoded.artifacts)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_train_the_same_model_as_one(encoded, one_process, tmp_path, strategy):
+    """Two CPU processes (gloo), each with half of every global batch, end with the one-process weights."""
+    _run_cli(encoded, tmp_path / strategy, f"pretrain.strategy={strategy}", "pretrain.devices=2")
+    got = _weights(tmp_path / strategy)
+    assert got.keys() == one_process.keys()
+    for k in one_process:
+        torch.testing.assert_close(got[k], one_process[k], rtol=1e-4, atol=1e-5)
+
+
+def test_fsdp_resumes_from_its_sharded_checkpoint(encoded, one_process, tmp_path):
+    out = tmp_path / "resume"
+    _run_cli(encoded, out, "pretrain.strategy=fsdp", "pretrain.devices=2", stop_at=3)
+    assert (out / "checkpoints" / "pretrain" / "last.ckpt" / "meta.pt").exists()  # one shard per process
+    assert not (out / "pretrain").exists()
+    log = _run_cli(encoded, out, "pretrain.strategy=fsdp", "pretrain.devices=2")
+    assert "resuming from" in log and "at step 3" in log
+    got = _weights(out)
+    for k in one_process:
+        torch.testing.assert_close(got[k], one_process[k], rtol=1e-4, atol=1e-5)
+
+
+def test_fsdp_with_bf16_activation_checkpointing_and_accumulation_trains(encoded, tmp_path):
+    out = tmp_path / "bf16"
+    _run_cli(encoded, out, "pretrain.strategy=fsdp", "pretrain.devices=2", "pretrain.precision=bf16-mixed",
+             "pretrain.activation_checkpointing=true", "pretrain.accumulate_grad_batches=2")
+    import math
+
+    metrics = json.loads((out / "pretrain" / "metrics.json").read_text())
+    vocab = json.loads((out / "pretrain" / "vocab.json").read_text())
+    # Finite, and no worse than a uniform guess over the id space after a few steps.
+    assert math.isfinite(metrics["val/loss"]) and metrics["val/loss"] < math.log(vocab["text_size"] + vocab["codebook_size"])
+    assert all(v.dtype == torch.float32 for v in _weights(out).values())  # saved full precision
+
+
+def test_global_batch_must_split_evenly(encoded):
+    from arm.config import load_config as load
+
+    cfg = load("configs/default.yaml", [f"run.artifacts_dir={encoded.artifacts}", "pretrain.strategy=ddp",
+                                        "pretrain.devices=3", "pretrain.batch_size=4"])
+    with pytest.raises(ValueError, match="multiple of devices"):
         pretrain_stage(cfg)

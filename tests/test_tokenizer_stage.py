@@ -65,6 +65,11 @@ def test_tokenizer_resumes_exactly(prepared, tmp_path):
     for k in full_state:
         torch.testing.assert_close(resumed_state[k], full_state[k], rtol=1e-5, atol=1e-6)
     assert resumed["psnr"] == pytest.approx(full["psnr"], rel=1e-5)
+    # Started again when already finished: restores the last checkpoint instead of saving fresh weights.
+    tokenizer_stage(prepared)
+    again = VisualTokenizer.load(prepared.stage_dir("tokenizer")).state_dict()
+    for k in full_state:
+        torch.testing.assert_close(again[k], full_state[k], rtol=1e-5, atol=1e-6)
 
 
 def test_encode_writes_codes_for_every_image(prepared):

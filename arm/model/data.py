@@ -4,6 +4,9 @@ Every batch holds one task, drawn with the configured mix ratios, so sequences i
 the same length (length bucketing without packing: each task's template fixes most of the length) and
 the loss per task is logged cleanly. Batch k is a pure function of (seed, k): resuming at step k
 continues with exactly the batches an uninterrupted run would have seen.
+
+`batch_size` is the global batch: under DDP or FSDP each of the W processes takes its own contiguous
+B / W rows of the same global batch, so W processes see exactly what one process would.
 """
 
 from __future__ import annotations
@@ -28,6 +31,15 @@ def load_codes_by_key(encode_dir: str | Path, split: str) -> dict[str, np.ndarra
 
     keys, codes = load_codes(encode_dir, split)
     return {k: c.reshape(-1).astype(np.int64) for k, c in zip(keys, codes)}
+
+
+def process_rank() -> tuple[int, int]:
+    """(rank, world size) of this process in the training job; (0, 1) outside one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 class TaskRecords:
@@ -83,7 +95,12 @@ class TaskMixBatches(torch.utils.data.Dataset):
         pool = self.records.by_task[task]
         chosen = [pool[rng.randrange(len(pool))] for _ in range(self.batch_size)]
         seqs = [build_sequence(self.vocab, r, self.records.codes, rng, self.p_drop, self.describe_ids) for r in chosen]
-        batch = collate(seqs, self.vocab.pad)
+        rank, world = process_rank()
+        if self.batch_size % world:
+            raise ValueError(f"pretrain.batch_size {self.batch_size} must be a multiple of the number of "
+                             f"processes ({world}) so each takes an equal share of the global batch")
+        share = self.batch_size // world
+        batch = collate(seqs[rank * share:(rank + 1) * share], self.vocab.pad)
         batch["task"] = task
         return batch
 

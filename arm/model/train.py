@@ -3,7 +3,9 @@
     loss = cross-entropy(logits[:, :-1], labels[:, 1:]) over target positions (labels != -100)
 
 The LightningModule is a thin wrapper: it owns the schedule (warmup, then cosine to min_lr_ratio or
-constant) and logs the loss per task and tokens per second.
+constant), logs the loss per task and tokens per second, and under `ModelParallelStrategy` applies FSDP2
+in `configure_model`: every decoder block is its own `fully_shard` unit (parameters gathered one block at
+a time), then the root, with bf16 parameters and fp32 gradient reduction when asked.
 """
 
 from __future__ import annotations
@@ -25,11 +27,32 @@ def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 class PretrainModule(L.LightningModule):
     def __init__(self, backbone: dict, lr: float, warmup_steps: int, max_steps: int, min_lr_ratio: float = 0.1,
-                 schedule: str = "cosine", weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.95)):
+                 schedule: str = "cosine", weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.95),
+                 activation_checkpointing: bool = False, fsdp_mixed_precision: bool = False):
         super().__init__()
         self.save_hyperparameters()
         self.model = build_causal_lm(**backbone)
+        if activation_checkpointing:
+            # Recompute each block's activations in backward: memory per block, not per layer output.
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self._tick: float | None = None
+
+    def configure_model(self) -> None:
+        """FSDP2 (only under ModelParallelStrategy, which provides the device mesh): shard each decoder
+        block, then the root (embeddings, final norm, output head). Idempotent, as Lightning may call it
+        again for validation after fitting."""
+        mesh = getattr(self, "_device_mesh", None)
+        if mesh is None or getattr(self, "_sharded", False):
+            return
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+              if self.hparams.fsdp_mixed_precision else MixedPrecisionPolicy())
+        dp_mesh = mesh["data_parallel"]
+        for block in self.model.model.layers:
+            fully_shard(block, mesh=dp_mesh, mp_policy=mp)
+        fully_shard(self.model, mesh=dp_mesh, mp_policy=mp)
+        self._sharded = True
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
@@ -49,8 +72,8 @@ class PretrainModule(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         loss = next_token_loss(self(batch["input_ids"], batch["attention_mask"]), batch["labels"])
-        self.log(f"val/loss_{batch['task']}", loss, batch_size=len(batch["input_ids"]))
-        self.log("val/loss", loss, batch_size=len(batch["input_ids"]))
+        self.log(f"val/loss_{batch['task']}", loss, batch_size=len(batch["input_ids"]), sync_dist=True)
+        self.log("val/loss", loss, batch_size=len(batch["input_ids"]), sync_dist=True)
 
     def configure_optimizers(self):
         decay = [p for n, p in self.model.named_parameters() if p.requires_grad and p.ndim >= 2]

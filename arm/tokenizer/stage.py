@@ -20,7 +20,7 @@ import torch
 
 from arm.checkpoints import fingerprint, resume_point, stop_at
 from arm.config import ArmConfig
-from arm.progress import progress, quiet_lightning
+from arm.progress import progress, quiet_lightning, training_progress
 from arm.tokenizer.data import EvalBatches, StepBatches, load_captioned_images
 from arm.tokenizer.metrics import code_statistics, encode_all, exact_recovery, probe_scores, retrieval
 from arm.tokenizer.model import TokenizerModelConfig, VisualTokenizer
@@ -105,13 +105,14 @@ def tokenizer_stage(cfg: ArmConfig, *, max_steps: int | None = None, stop_at_ste
         callbacks=[ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=t.val_every_steps,
                                    save_top_k=0),
                    LearningRateMonitor(logging_interval="step")]
+        + ([] if sys.stderr.isatty() else [training_progress("tokenizer")])
         + ([stop_at(stop_at_step)] if stop_at_step else []),
         val_check_interval=min(t.val_every_steps, max(1, len(train_batches))), check_val_every_n_epoch=None,
         log_every_n_steps=max(1, min(25, max_steps // 5)), enable_progress_bar=sys.stderr.isatty(), enable_model_summary=False,
         num_sanity_val_steps=0, deterministic=True,
     )
-    if len(train_batches) > 0:
-        trainer.fit(module, loader, val_loader, ckpt_path=str(resume) if resume else None)
+    # Always fit: resuming a finished run restores its weights and then stops at once.
+    trainer.fit(module, loader, val_loader, ckpt_path=str(resume) if resume else None)
     if stop_at_step:
         return None
     model = module.model.eval()

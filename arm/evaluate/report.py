@@ -1,0 +1,133 @@
+"""The evaluation report: one self-contained HTML file (inline CSS, images as data URIs, no script, no
+external URL) with the metric tables and the sample grids a reader checks the numbers against.
+
+>>> # html = render_report({"test": (estimates, samples)}, title="arm evaluation", meta={"model": "..."})
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+
+import numpy as np
+from PIL import Image
+
+from arm.evaluate.stats import Estimate
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 70em; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.25em; margin-top: 2em; } h3 { font-size: 1.05em; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+td.ci { color: #666; font-size: 0.9em; }
+.grid { display: flex; flex-wrap: wrap; gap: 0.75em; }
+.card { border: 1px solid #ddd; padding: 0.4em; width: 150px; font-size: 0.8em; }
+.card.wide { width: 300px; }
+.card img { image-rendering: pixelated; width: 128px; height: 128px; }
+.pass { color: #186a3b; font-weight: bold; } .fail { color: #a93226; font-weight: bold; }
+.meta { color: #555; font-size: 0.9em; }
+"""
+
+
+def png_data_uri(image: np.ndarray, scale: int = 1) -> str:
+    im = Image.fromarray(np.asarray(image, dtype=np.uint8))
+    if scale != 1:
+        im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _img(image: np.ndarray, alt: str) -> str:
+    return f'<img src="{png_data_uri(image)}" alt="{html.escape(alt)}">'
+
+
+def metrics_table(estimates: dict[str, Estimate], keys: list[str] | None = None) -> str:
+    rows = []
+    for key in keys or sorted(estimates):
+        e = estimates.get(key)
+        if e is None:
+            continue
+        rows.append(f"<tr><td>{html.escape(key)}</td><td>{e.value:.3f}</td>"
+                    f"<td class='ci'>[{e.low:.3f}, {e.high:.3f}]</td><td>{e.n}</td></tr>")
+    return ("<table><tr><th>metric</th><th>value</th><th>95% CI</th><th>n</th></tr>" + "".join(rows) + "</table>"
+            if rows else "")
+
+
+def generation_grid(samples: list[dict], limit: int = 24) -> str:
+    cards = []
+    for s in samples[:limit]:
+        mark = "<span class='pass'>PASS</span>" if s["passed"] else "<span class='fail'>FAIL</span>"
+        cards.append(f"<div class='card'>{_img(s['image'], s['prompt'])}<br>{mark} {html.escape(s['prompt'])}</div>")
+    return "<div class='grid'>" + "".join(cards) + "</div>"
+
+
+def editing_grid(samples: list[dict], limit: int = 16) -> str:
+    cards = []
+    for s in samples[:limit]:
+        cards.append(f"<div class='card wide'>{_img(s['source'], 'source')} {_img(s['image'], 'edited')}<br>"
+                     f"{html.escape(s['instruction'])}<br>G_SC {s['g_sc']:.1f} · G_PQ {s['g_pq']:.1f}</div>")
+    return "<div class='grid'>" + "".join(cards) + "</div>"
+
+
+def understanding_grid(samples: list[dict], limit: int = 24) -> str:
+    cards = []
+    for s in samples[:limit]:
+        mark = "<span class='pass'>right</span>" if s["correct"] else "<span class='fail'>wrong</span>"
+        cards.append(f"<div class='card'>{_img(s['image'], s['question'])}<br>Q: {html.escape(s['question'])}<br>"
+                     f"model: {html.escape(s['prediction'])} {mark}<br>truth: {html.escape(s['answer'])}</div>")
+    return "<div class='grid'>" + "".join(cards) + "</div>"
+
+
+HEADLINE = ["gen/acc", "gen/knowledge_seen", "gen/knowledge_heldout", "edit/g_sc", "edit/g_pq", "edit/g_o",
+            "und/acc", "und/text_knowledge_seen", "und/text_knowledge_heldout"]
+
+
+def render_report(splits: dict, title: str = "arm evaluation", meta: dict | None = None) -> str:
+    """splits: {split name: (estimates {key: Estimate}, Samples)} -> the HTML document."""
+    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+             f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
+    if meta:
+        parts.append("<p class='meta'>" + " · ".join(f"{html.escape(str(k))}: {html.escape(str(v))}"
+                                                     for k, v in meta.items()) + "</p>")
+    for split, (estimates, samples) in splits.items():
+        parts.append(f"<h2>Split: {html.escape(split)}</h2><h3>Headline</h3>")
+        parts.append(metrics_table(estimates, HEADLINE))
+        for task, name in (("gen", "Generation by category"), ("edit", "Editing by type"),
+                           ("und", "Understanding by question type")):
+            keys = [k for k in sorted(estimates) if k.startswith(task + "/") and k not in HEADLINE]
+            if keys:
+                parts.append(f"<h3>{name}</h3>" + metrics_table(estimates, keys))
+        if samples.generation:
+            parts.append("<h3>Generated images (prompt, verifier's verdict)</h3>" + generation_grid(samples.generation))
+        if samples.editing:
+            parts.append("<h3>Edits (source, edited, instruction, scores)</h3>" + editing_grid(samples.editing))
+        if samples.understanding:
+            parts.append("<h3>Understanding (image, question, answer)</h3>" + understanding_grid(samples.understanding))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_tensorboard(writer, samples, step: int, prefix: str = "samples", columns: int = 8) -> None:
+    """The same samples as TensorBoard images and text: generated images, sources above their edits, and a
+    question / answer / model table."""
+    from arm.images import grid_to_tensorboard, make_grid
+
+    if samples.generation:
+        grid = make_grid([s["image"] for s in samples.generation[:4 * columns]], columns=columns, scale=2)
+        writer.add_image(f"{prefix}/generation", grid_to_tensorboard(grid), step)
+        writer.add_text(f"{prefix}/generation_prompts", "\n\n".join(
+            f"{i}. {'PASS' if s['passed'] else 'fail'}: {s['prompt']}"
+            for i, s in enumerate(samples.generation[:4 * columns])), step)
+    if samples.editing:
+        edits = samples.editing[:columns]
+        grid = make_grid([s["source"] for s in edits] + [s["image"] for s in edits], columns=len(edits), scale=2)
+        writer.add_image(f"{prefix}/editing (sources above edits)", grid_to_tensorboard(grid), step)
+        writer.add_text(f"{prefix}/edit_instructions", "\n\n".join(
+            f"{i}. {s['instruction']} (G_SC {s['g_sc']:.1f}, G_PQ {s['g_pq']:.1f})" for i, s in enumerate(edits)), step)
+    if samples.understanding:
+        rows = ["| question | answer | model |", "| --- | --- | --- |"] + [
+            f"| {s['question']} | {s['answer']} | {s['prediction']} |" for s in samples.understanding[:2 * columns]]
+        writer.add_text(f"{prefix}/understanding", "\n".join(rows), step)

@@ -1,0 +1,181 @@
+"""The world benchmarks for a unified model: every test record is run through the same `Pipeline` a user
+calls, and the result is scored by the world's verifier (`arm.world.scores`), no judge involved.
+
+- understanding: VQA answers and captions (accuracy per question type), text-only knowledge QA (seen
+  and held-out things);
+- generation: GenEval-style pass rate per prompt category, WISE-style knowledge score of knowledge
+  prompts, seen and held-out things side by side;
+- editing: G_SC, G_PQ, G_O per edit type and overall.
+
+Each returns flat metrics (`und/acc`, `gen/acc`, `edit/g_o`, ...) and the samples behind them, for grids.
+
+>>> # pipe = Pipeline.load("artifacts/pretrain", "artifacts/tokenizer")
+>>> # metrics, samples = evaluate_split(pipe, "artifacts/prepare", "test", limit=64)
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from arm.data.shards import load_examples, load_images
+from arm.evaluate.stats import Estimate, mean_ci
+from arm.generate import Sampling
+from arm.model.data import DESCRIBE
+from arm.pipeline import Guidance, Pipeline
+from arm.world.scene import Scene
+from arm.world.scores import answer_correct, edit_score, generation_pass, knowledge_score
+from arm.world.texts import Edit, GenSpec
+from arm.world.verifier import parse
+
+
+@dataclass
+class EvalSettings:
+    limit: int | None = None          # records per task (None: all)
+    samples_per_prompt: int = 1
+    guidance: Guidance = field(default_factory=Guidance)
+    temperature: float = 1.0
+    top_k: int = 0
+    seed: int = 0
+
+
+@dataclass
+class Samples:
+    """What the grids show, and the per-sample scores every summary and interval is computed from."""
+
+    generation: list[dict] = field(default_factory=list)  # prompt, image, passed
+    editing: list[dict] = field(default_factory=list)     # source, instruction, image, g_sc, g_pq
+    understanding: list[dict] = field(default_factory=list)  # image, question, answer, prediction, correct
+    scores: list[dict] = field(default_factory=list)      # {"metric", "group", "value"} one per sample and metric
+
+    def add(self, metric: str, group: str | None, value: float) -> None:
+        self.scores.append({"metric": metric, "group": group, "value": float(value)})
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return float(np.mean(values)) if values else float("nan")
+
+
+def summarise(samples: Samples, seed: int = 0) -> dict[str, Estimate]:
+    """Every metric overall (`gen/acc`) and per group (`gen/two`, `edit/move/g_o`), with intervals."""
+    by_key: dict[str, list[float]] = defaultdict(list)
+    for s in samples.scores:
+        task, name = s["metric"].split("/", 1)
+        by_key[s["metric"]].append(s["value"])
+        if s["group"] is not None:
+            group_key = f"{task}/{s['group']}" if name == "acc" else f"{task}/{s['group']}/{name}"
+            by_key[group_key].append(s["value"])
+    return {k: mean_ci(v, seed=seed) for k, v in sorted(by_key.items())}
+
+
+class SplitData:
+    """A prepared split's world records by task, with their images by key."""
+
+    def __init__(self, prepare_dir: str | Path, split: str):
+        self.records = [r for r in load_examples(prepare_dir, split) if "meta" in r]
+        keys, pixels = load_images(prepare_dir, split)
+        self.index = {k: i for i, k in enumerate(keys)}
+        self.pixels = pixels
+
+    def task(self, name: str, limit: int | None) -> list[dict]:
+        chosen = [r for r in self.records if r["task"] == name]
+        return chosen[:limit] if limit is not None else chosen
+
+    def images(self, keys: list[str]) -> np.ndarray:
+        return self.pixels[[self.index[k] for k in keys]] if keys else self.pixels[:0]
+
+
+def _values(samples: Samples, first: int, seed: int) -> dict[str, float]:
+    """Means of the scores added since index `first`."""
+    part = Samples(scores=samples.scores[first:])
+    return {k: e.value for k, e in summarise(part, seed).items()}
+
+
+def evaluate_understanding(pipe: Pipeline, data: SplitData, settings: EvalSettings, samples: Samples) -> dict:
+    """VQA and captions (`und/acc`, per question type) and text-only knowledge QA
+    (`und/text_knowledge_seen`, `und/text_knowledge_heldout`)."""
+    first = len(samples.scores)
+    records = data.task("vqa", settings.limit) + data.task("caption", settings.limit)
+    if records:
+        images = data.images([r["image"] for r in records])
+        questions = [r["text"] if r["task"] == "vqa" else DESCRIBE for r in records]
+        predictions = pipe.understand(images, questions, sampling=Sampling(temperature=0.0))
+        for r, image, q, pred in zip(records, images, questions, predictions):
+            qtype = r["meta"].get("question_type", "describe")
+            answer = r["answer"] if r["task"] == "vqa" else r["text"]
+            ok = answer_correct(qtype, pred, answer)
+            samples.add("und/acc", qtype, ok)
+            samples.understanding.append({"image": image, "question": q, "answer": answer, "prediction": pred,
+                                          "correct": ok})
+    text = data.task("text", None)
+    if text:
+        predictions = pipe.understand(None, [r["text"] for r in text], sampling=Sampling(temperature=0.0))
+        for p, r in zip(predictions, text):
+            which = "heldout" if r["meta"].get("held_out_thing") else "seen"
+            samples.add(f"und/text_knowledge_{which}", None, answer_correct("color", p, r["answer"]))
+    out = _values(samples, first, settings.seed)
+    if records:
+        out["und/count"] = len(records)
+    return out
+
+
+def evaluate_generation(pipe: Pipeline, data: SplitData, settings: EvalSettings, samples: Samples) -> dict:
+    """GenEval-style pass rate (`gen/acc`, per category), `samples_per_prompt` images per prompt, and the
+    WISE-style knowledge score of knowledge prompts (`gen/knowledge_seen`, `gen/knowledge_heldout`)."""
+    records = data.task("t2i", settings.limit)
+    if not records:
+        return {}
+    first = len(samples.scores)
+    k = settings.samples_per_prompt
+    prompts = [r["text"] for r in records for _ in range(k)]
+    images = pipe.generate(prompts, settings.guidance,
+                           Sampling(settings.temperature, settings.top_k, seed=settings.seed))
+    for i, image in enumerate(images):
+        r = records[i // k]
+        spec = GenSpec.from_dict(r["meta"]["spec"])
+        passed = generation_pass(spec, parse(image, pipe.image_size))
+        samples.add("gen/acc", spec.category, passed)
+        if spec.category == "knowledge":
+            which = "heldout" if r["meta"].get("held_out_thing") else "seen"
+            samples.add(f"gen/knowledge_{which}", None, knowledge_score(spec, image, pipe.image_size))
+        samples.generation.append({"prompt": r["text"], "image": image, "passed": passed})
+    out = _values(samples, first, settings.seed)
+    out["gen/count"] = len(images)
+    return out
+
+
+def evaluate_editing(pipe: Pipeline, data: SplitData, settings: EvalSettings, samples: Samples) -> dict:
+    """GEdit-style G_SC, G_PQ and G_O (0 to 10), overall (`edit/g_o`) and per edit type (`edit/move/g_o`)."""
+    records = data.task("edit", settings.limit)
+    if not records:
+        return {}
+    first = len(samples.scores)
+    sources = data.images([r["source_image"] for r in records])
+    edited = pipe.edit(sources, [r["text"] for r in records], settings.guidance,
+                       Sampling(settings.temperature, settings.top_k, seed=settings.seed))
+    for r, source, image in zip(records, sources, edited):
+        score = edit_score(Scene.from_dict(r["meta"]["scene"]), Edit.from_dict(r["meta"]["edit"]), image,
+                           pipe.image_size)
+        edit_type = r["meta"]["edit"]["type"]
+        for name, value in (("g_sc", score.g_sc), ("g_pq", score.g_pq), ("g_o", score.g_o)):
+            samples.add(f"edit/{name}", edit_type, value)
+        samples.editing.append({"source": source, "instruction": r["text"], "image": image,
+                                "g_sc": score.g_sc, "g_pq": score.g_pq})
+    out = _values(samples, first, settings.seed)
+    out["edit/count"] = len(records)
+    return out
+
+
+def evaluate_split(pipe: Pipeline, prepare_dir: str | Path, split: str,
+                   settings: EvalSettings | None = None) -> tuple[dict, Samples]:
+    """All three tasks on one prepared split -> (flat metrics, samples with per-sample scores)."""
+    settings = settings or EvalSettings()
+    data, samples = SplitData(prepare_dir, split), Samples()
+    metrics: dict[str, float] = {}
+    for run in (evaluate_understanding, evaluate_generation, evaluate_editing):
+        metrics.update(run(pipe, data, settings, samples))
+    return metrics, samples

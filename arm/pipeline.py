@@ -1,0 +1,172 @@
+"""One object for all three tasks on pixels and strings: the unified model, its visual tokenizer and its
+text tokenizer behind `generate`, `edit` and `understand`. The CLI, evaluation, RL and the Bento
+service all go through it, so they cannot disagree about templates, guidance or decoding.
+
+>>> # pipe = Pipeline.load("artifacts/pretrain", "artifacts/tokenizer")
+>>> # images = pipe.generate(["a large red circle at the center"], guidance_scale=3.0, seed=0)  # (1, 64, 64, 3)
+>>> # answers = pipe.understand(images, ["what color is the circle?"])                       # ["red"]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from arm.generate import Engine, Sampling
+from arm.images import to_tensor, to_uint8
+from arm.model.vocab import EDIT, EOI, SOI, T2I, UND
+
+
+@dataclass
+class Guidance:
+    """Classifier-free guidance scales: text (generation and editing) and source image (editing)."""
+
+    scale: float = 3.0
+    image_scale: float = 1.5
+
+
+class Pipeline:
+    def __init__(self, model, info, text_tokenizer, visual_tokenizer, batch_size: int = 64):
+        self.model, self.info, self.text_tokenizer, self.visual = model.eval(), info, text_tokenizer, visual_tokenizer.eval()
+        self.vocab = info.vocab()
+        self.engine = Engine(model, self.vocab)
+        self.batch_size = batch_size
+        self.image_size = visual_tokenizer.cfg.image_size
+
+    @classmethod
+    def load(cls, model_dir: str | Path, tokenizer_dir: str | Path, device: str = "cpu", **kwargs) -> "Pipeline":
+        from arm.pretrain import load_unified_model
+        from arm.tokenizer.model import VisualTokenizer
+
+        model, info, text_tokenizer = load_unified_model(model_dir)
+        config = Path(tokenizer_dir) / "config.json"
+        if config.is_file():  # check before loading weights, so a mismatch is named, not a shape error
+            cfg = json.loads(config.read_text())
+            codebook, grid = math.prod(cfg.get("fsq_levels", [])), cfg.get("grid")
+            if codebook != info.codebook_size or grid != info.grid:
+                raise ValueError(f"the visual tokenizer in {tokenizer_dir} ({codebook} codes, grid {grid}) is not the "
+                                 f"one {model_dir} was trained on ({info.codebook_size} codes, grid {info.grid}); "
+                                 "pass the tokenizer the model's codes came from")
+        visual = VisualTokenizer.load(tokenizer_dir)
+        return cls(model.to(device), info, text_tokenizer, visual.to(device), **kwargs)
+
+    # --- ids <-> text and pixels ----------------------------------------------------------------------
+
+    def text_ids(self, text: str) -> list[int]:
+        return self.text_tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode_text(self, ids: list[int]) -> str:
+        return self.text_tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.info.grid ** 2
+
+    @torch.no_grad()
+    def encode_images(self, images: np.ndarray) -> np.ndarray:
+        """(N, S, S, 3) uint8 -> (N, g*g) codes."""
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[-1] != 3 or images.shape[1:3] != (self.image_size, self.image_size):
+            raise ValueError(f"images must be (N, {self.image_size}, {self.image_size}, 3) uint8 RGB, got "
+                             f"{images.shape}; resize to the tokenizer's image size first")
+        device = next(self.visual.parameters()).device
+        out = [self.visual.encode(to_tensor(images[i:i + 256]).to(device)).flatten(1).cpu()
+               for i in range(0, len(images), 256)]
+        return torch.cat(out).numpy()
+
+    @torch.no_grad()
+    def decode_codes(self, codes: torch.Tensor | np.ndarray) -> np.ndarray:
+        """(N, g*g) codes -> (N, S, S, 3) uint8."""
+        codes = torch.as_tensor(np.asarray(codes), dtype=torch.long)
+        g = self.info.grid
+        device = next(self.visual.parameters()).device
+        out = [to_uint8(self.visual.decode(codes[i:i + 256].view(-1, g, g).to(device)))
+               for i in range(0, len(codes), 256)]
+        return np.concatenate(out) if out else np.zeros((0, self.image_size, self.image_size, 3), np.uint8)
+
+    def _image_span(self, codes) -> list[int]:
+        return [self.vocab[SOI]] + [self.vocab.image_id(int(c)) for c in codes] + [self.vocab[EOI]]
+
+    # --- prompts (the inference halves of arm.model.sequences' templates) ------------------------------
+
+    def generation_prompt(self, text_ids: list[int]) -> list[int]:
+        return [self.vocab[T2I]] + list(text_ids) + [self.vocab[SOI]]
+
+    def edit_prompt(self, source_codes, text_ids: list[int]) -> list[int]:
+        span = self._image_span(source_codes) if source_codes is not None else [self.vocab[SOI], self.vocab[EOI]]
+        return [self.vocab[EDIT]] + span + list(text_ids) + [self.vocab[SOI]]
+
+    def understanding_prompt(self, codes, question_ids: list[int]) -> list[int]:
+        return [self.vocab[UND]] + (self._image_span(codes) if codes is not None else []) + list(question_ids)
+
+    # --- the three tasks --------------------------------------------------------------------------------
+
+    def _batches(self, n: int):
+        for start in range(0, n, self.batch_size):
+            yield start, min(n, start + self.batch_size)
+
+    def generate_codes(self, prompts: list[str], guidance: Guidance | None = None,
+                       sampling: Sampling | None = None) -> np.ndarray:
+        """Text -> (N, g*g) image codes, guided (uncond = the empty prompt) when guidance.scale != 1."""
+        guidance, sampling = guidance or Guidance(), sampling or Sampling()
+        out = []
+        for a, b in self._batches(len(prompts)):
+            cond = [self.generation_prompt(self.text_ids(p)) for p in prompts[a:b]]
+            uncond = [self.generation_prompt([]) for _ in cond]
+            batch_sampling = Sampling(sampling.temperature, sampling.top_k, sampling.top_p,
+                                      None if sampling.seed is None else sampling.seed + a)
+            out.append(self.engine.generate_images(cond, self.num_image_tokens, uncond=uncond,
+                                                   guidance_scale=guidance.scale, sampling=batch_sampling))
+        return torch.cat(out).numpy() if out else np.zeros((0, self.num_image_tokens), np.int64)
+
+    def generate(self, prompts: list[str], guidance: Guidance | None = None,
+                 sampling: Sampling | None = None) -> np.ndarray:
+        """Text -> (N, S, S, 3) uint8 images."""
+        return self.decode_codes(self.generate_codes(prompts, guidance, sampling))
+
+    def edit_codes(self, source_codes: np.ndarray, instructions: list[str], guidance: Guidance | None = None,
+                   sampling: Sampling | None = None) -> np.ndarray:
+        """(N, g*g) source codes + instructions -> (N, g*g) edited codes, with text and image guidance."""
+        if len(source_codes) != len(instructions):
+            raise ValueError(f"{len(source_codes)} source images but {len(instructions)} instructions")
+        guidance, sampling = guidance or Guidance(), sampling or Sampling()
+        out = []
+        for a, b in self._batches(len(instructions)):
+            ids = [self.text_ids(t) for t in instructions[a:b]]
+            cond = [self.edit_prompt(c, i) for c, i in zip(source_codes[a:b], ids)]
+            uncond = [self.edit_prompt(None, []) for _ in ids]
+            source_only = [self.edit_prompt(c, []) for c in source_codes[a:b]]
+            batch_sampling = Sampling(sampling.temperature, sampling.top_k, sampling.top_p,
+                                      None if sampling.seed is None else sampling.seed + a)
+            out.append(self.engine.generate_images(
+                cond, self.num_image_tokens, uncond=uncond, guidance_scale=guidance.scale, source_only=source_only,
+                image_guidance_scale=guidance.image_scale, sampling=batch_sampling))
+        return torch.cat(out).numpy() if out else np.zeros((0, self.num_image_tokens), np.int64)
+
+    def edit(self, images: np.ndarray, instructions: list[str], guidance: Guidance | None = None,
+             sampling: Sampling | None = None) -> np.ndarray:
+        """(N, S, S, 3) uint8 sources + instructions -> (N, S, S, 3) uint8 edited images."""
+        return self.decode_codes(self.edit_codes(self.encode_images(images), instructions, guidance, sampling))
+
+    def understand_codes(self, codes: np.ndarray | None, questions: list[str], max_new_tokens: int = 64,
+                         sampling: Sampling | None = None) -> list[str]:
+        """Answers to questions about images given as codes (None: text-only questions)."""
+        answers: list[str] = []
+        for a, b in self._batches(len(questions)):
+            prompts = [self.understanding_prompt(None if codes is None else codes[i], self.text_ids(questions[i]))
+                       for i in range(a, b)]
+            answers += [self.decode_text(ids) for ids in self.engine.generate_text(prompts, max_new_tokens, sampling)]
+        return answers
+
+    def understand(self, images: np.ndarray | None, questions: list[str], max_new_tokens: int = 64,
+                   sampling: Sampling | None = None) -> list[str]:
+        """(N, S, S, 3) uint8 images (or None) + questions -> answers (greedy by default)."""
+        codes = None if images is None else self.encode_images(images)
+        if codes is not None and len(codes) != len(questions):
+            raise ValueError(f"{len(codes)} images but {len(questions)} questions")
+        return self.understand_codes(codes, questions, max_new_tokens, sampling)

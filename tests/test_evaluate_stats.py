@@ -1,0 +1,54 @@
+"""Bootstrap intervals and the per-group summaries the evaluation report is built from."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from arm.evaluate.stats import difference_ci, mean_ci
+from arm.evaluate.world import Samples, summarise
+
+
+def test_interval_brackets_the_mean_and_narrows_with_more_samples():
+    rng = np.random.default_rng(0)
+    small = mean_ci(rng.random(20) < 0.7, seed=1)
+    large = mean_ci(rng.random(2000) < 0.7, seed=1)
+    for e in (small, large):
+        assert e.low <= e.value <= e.high
+    assert large.high - large.low < (small.high - small.low) / 4
+    # For a proportion, the bootstrap interval is close to the normal one, 1.96 sqrt(p (1 - p) / n).
+    p = large.value
+    assert (large.high - large.low) / 2 == pytest.approx(1.96 * math.sqrt(p * (1 - p) / 2000), rel=0.15)
+
+
+def test_intervals_are_deterministic_for_a_seed_and_constant_data_has_none():
+    data = [0, 1, 1, 0, 1]
+    assert mean_ci(data, seed=3) == mean_ci(data, seed=3)
+    e = mean_ci([2.5] * 10)
+    assert (e.value, e.low, e.high, e.n) == (2.5, 2.5, 2.5, 10)
+    assert mean_ci([]).n == 0 and math.isnan(mean_ci([]).value)
+
+
+def test_difference_interval_excludes_zero_only_for_a_real_change():
+    rng = np.random.default_rng(0)
+    a, b = rng.random(500) < 0.5, rng.random(500) < 0.7
+    d = difference_ci(a, b)
+    assert d.low > 0 and abs(d.value - (b.mean() - a.mean())) < 1e-12
+    same = difference_ci(a, rng.random(500) < 0.5)
+    assert same.low < 0 < same.high
+
+
+def test_summary_keys_overall_and_per_group():
+    s = Samples()
+    for group, value in (("two", 1), ("two", 0), ("single", 1)):
+        s.add("gen/acc", group, value)
+    for value in (4.0, 8.0):
+        s.add("edit/g_o", "move", value)
+    s.add("und/text_knowledge_seen", None, 1)
+    summary = summarise(s)
+    assert summary["gen/acc"].value == 2 / 3 and summary["gen/acc"].n == 3
+    assert summary["gen/two"].value == 0.5 and summary["gen/single"].value == 1.0
+    assert summary["edit/g_o"].value == 6.0 and summary["edit/move/g_o"].value == 6.0
+    assert summary["und/text_knowledge_seen"].n == 1 and "und/None" not in summary
