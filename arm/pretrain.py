@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from arm.checkpoints import fingerprint, resume_point, stop_at
+from arm.checkpoints import fingerprint, resume_point, source_files, stop_at
 from arm.config import ArmConfig
 from arm.model.data import DESCRIBE, EvalBatches, TaskMixBatches, TaskRecords
 from arm.model.vocab import Vocab
@@ -115,7 +115,9 @@ def pretrain_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict |
                             max_steps=p.max_steps, min_lr_ratio=p.min_lr_ratio, schedule=p.schedule,
                             weight_decay=p.weight_decay, activation_checkpointing=p.activation_checkpointing,
                             fsdp_mixed_precision=fsdp_bf16)
-    stamp = fingerprint(asdict(p), prepare_dir / "summary.json", encode_dir / "summary.json")
+    # The codes themselves (not just their counts) and the training code decide whether a checkpoint fits.
+    stamp = fingerprint(asdict(p), prepare_dir / "summary.json", *sorted(encode_dir.glob("*.npz")),
+                        *source_files("model", "pretrain.py", "checkpoints.py", "schedules.py"))
     resume, start_step = resume_point(ckpt_dir, stamp, "pretrain")
 
     batches = TaskMixBatches(train, vocab, describe_ids, dict(p.task_mix), p.batch_size, p.max_steps * p.accumulate_grad_batches,

@@ -75,7 +75,8 @@ TINY = ["tokenizer.max_steps=4", "tokenizer.val_every_steps=2", "tokenizer.batch
         "pretrain.hidden_size=32", "pretrain.num_layers=2", "pretrain.num_heads=4", "pretrain.num_kv_heads=2",
         "pretrain.intermediate_size=64", "pretrain.batch_size=4", "pretrain.max_steps=6",
         "pretrain.val_every_steps=3", "pretrain.warmup_steps=2", "pretrain.val_records_per_task=8",
-        "pretrain.sample_every_steps=3", "pretrain.sample_records_per_task=2"]
+        "pretrain.sample_every_steps=3", "pretrain.sample_records_per_task=2",
+        "evaluate.limit=4", "evaluate.tokenizer_images=16"]
 
 
 def tiny_sections() -> dict[str, dict]:

@@ -15,13 +15,24 @@ from arm.pretrain import pretrain_stage
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture()
-def trained(encoded):
-    pretrain_stage(encoded)
-    return encoded
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_world, encoded_stages):
+    """One tiny unified model for the whole module (tests only read it, or write beside it)."""
+    import shutil
+
+    from arm.config import load_config
+    from tests.conftest import TINY
+
+    artifacts = tmp_path_factory.mktemp("trained")
+    for stage in ("prepare", "tokenizer", "encode"):
+        shutil.copytree(encoded_stages / stage, artifacts / stage)
+    cfg = load_config("configs/default.yaml", [f"data.root={tiny_world}", f"run.artifacts_dir={artifacts}",
+                                               f"run.log_dir={artifacts / 'logs'}", *TINY])
+    pretrain_stage(cfg)
+    return cfg
 
 
-@pytest.fixture()
+@pytest.fixture(scope="module")
 def pipe(trained):
     return Pipeline.load(trained.stage_dir("pretrain"), trained.stage_dir("tokenizer"), batch_size=3)
 
@@ -119,12 +130,15 @@ def test_evaluate_stage_writes_flat_metrics_per_split(trained):
     from arm.evaluate.stage import evaluate_stage
 
     cfg = load_config("configs/default.yaml", [f"data.root={trained.data.root}", f"run.artifacts_dir={trained.artifacts}",
-                                               "evaluate.limit=3", "evaluate.splits=[test,holdout]"])
+                                               "evaluate.limit=3", "evaluate.splits=[test,holdout]",
+                                               "evaluate.tokenizer_images=8", "evaluate.rfid=false"])
     metrics = evaluate_stage(cfg)
     written = json.loads((trained.stage_dir("evaluate") / "metrics.json").read_text())
     assert written == pytest.approx(metrics)
     assert {"gen/acc", "edit/g_o", "und/acc", "holdout/gen/acc", "holdout/edit/g_o", "holdout/und/acc"} <= set(written)
     assert written["gen/count"] == 3 and written["holdout/gen/count"] == 3
+    assert written["tok/count"] == 8 and 0 < written["tok/ssim"] <= 1 and written["tok/psnr"] > 0
+    assert 0 <= written["tok/exact_recovery"] <= 1 and "tok/rfid" not in written
     out = trained.stage_dir("evaluate")
     scores = json.loads((out / "scores.json").read_text())
     assert scores["gen/acc"]["n"] == 3 and scores["gen/acc"]["low"] <= scores["gen/acc"]["value"] <= scores["gen/acc"]["high"]

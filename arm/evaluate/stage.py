@@ -4,7 +4,8 @@
     arm evaluate --config configs/default.yaml evaluate.model=rl evaluate.limit=100
 
 Writes `artifacts/evaluate/`:
-- `metrics.json` (DVC metrics): flat keys, the test split unprefixed (`gen/acc`, `edit/g_o`, `und/acc`,
+- `metrics.json` (DVC metrics): the tokenizer's fidelity on test images (`tok/psnr`, `tok/ssim`,
+  `tok/exact_recovery`, `tok/code_usage`, `tok/rfid`); the unified model's flat keys, the test split unprefixed (`gen/acc`, `edit/g_o`, `und/acc`,
   per group `gen/two`, `edit/move/g_o`, `und/color`), other splits prefixed (`holdout/gen/acc`);
 - `scores.json`: every metric with its 95% bootstrap interval and sample count;
 - `plots/<split>_<task>.csv` (DVC plots): one row per category, edit type or question type;
@@ -85,6 +86,16 @@ def evaluate_stage(cfg: ArmConfig) -> dict:
         print(f"evaluate: {split} in {time.monotonic() - split_started:.0f}s: " + ", ".join(
             f"{k} {est.value:.3f} [{est.low:.3f}, {est.high:.3f}]" for k, est in estimates.items()
             if k in ("gen/acc", "edit/g_o", "und/acc")), file=sys.stderr)
+    if e.tokenizer_images > 0:
+        from arm.evaluate.fidelity import tokenizer_fidelity
+        from arm.evaluate.world import SplitData
+
+        data = SplitData(cfg.stage_dir("prepare"), "test")
+        scenes = data.scenes_by_image()
+        keys = data.keys[:e.tokenizer_images]
+        fidelity = tokenizer_fidelity(pipe.visual, data.images(keys), [scenes.get(k) for k in keys], with_rfid=e.rfid)
+        metrics.update(fidelity)
+        print("evaluate: tokenizer " + ", ".join(f"{k} {v:.4g}" for k, v in fidelity.items()), file=sys.stderr)
     metrics["minutes"] = round((time.monotonic() - started) / 60, 2)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")

@@ -78,12 +78,18 @@ class SplitData:
     def __init__(self, prepare_dir: str | Path, split: str):
         self.records = [r for r in load_examples(prepare_dir, split) if "meta" in r]
         keys, pixels = load_images(prepare_dir, split)
+        self.keys = keys
         self.index = {k: i for i, k in enumerate(keys)}
         self.pixels = pixels
 
     def task(self, name: str, limit: int | None) -> list[dict]:
         chosen = [r for r in self.records if r["task"] == name]
         return chosen[:limit] if limit is not None else chosen
+
+    def scenes_by_image(self) -> dict[str, dict]:
+        """Each image's scene graph, from the records that show it as it is (captions and questions)."""
+        return {r["image"]: r["meta"]["scene"] for r in self.records
+                if r["task"] in ("caption", "vqa") and "scene" in r.get("meta", {})}
 
     def images(self, keys: list[str]) -> np.ndarray:
         return self.pixels[[self.index[k] for k in keys]] if keys else self.pixels[:0]

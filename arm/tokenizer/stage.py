@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from arm.checkpoints import fingerprint, resume_point, stop_at
+from arm.checkpoints import fingerprint, resume_point, source_files, stop_at
 from arm.config import ArmConfig
 from arm.progress import progress, quiet_lightning, training_progress
 from arm.tokenizer.data import EvalBatches, StepBatches, load_captioned_images
@@ -91,7 +91,8 @@ def tokenizer_stage(cfg: ArmConfig, *, max_steps: int | None = None, stop_at_ste
                 for s, d in (("train", train), ("val", val))}
 
     # Resume only a run of this very configuration and data.
-    stamp = fingerprint(asdict(t), prepare_dir / "summary.json", extra=str(cfg.data.image_size))
+    stamp = fingerprint(asdict(t), prepare_dir / "summary.json", *source_files("tokenizer", "images.py"),
+                        extra=str(cfg.data.image_size))
     resume, start_step = resume_point(ckpt_dir, stamp, "tokenizer")
 
     train_batches = StepBatches(train, features["train"], text_emb["train"], t.batch_size, max_steps, t.seed,

@@ -123,7 +123,7 @@ class EditScore:
         return math.sqrt(self.g_sc * self.g_pq)
 
 
-def _edit_atoms(source: Scene, edit: Edit, result: Scene) -> tuple[int, int, int, int]:
+def edit_atoms(source: Scene, edit: Edit, result: Scene) -> tuple[int, int, int, int]:
     """(instruction met, instruction total, preservation met, preservation total)."""
     target = edit.target
     instr_met = instr_total = pres_met = pres_total = 0
@@ -169,7 +169,7 @@ def edit_score(source: Scene, edit: Edit, image: Image.Image | np.ndarray, size:
     """GEdit-style G_SC and G_PQ (0 to 10) of an edited image; G_O = sqrt(G_SC * G_PQ)."""
     pixels = to_array(image, size)
     result = parse(pixels, size)
-    im, it, pm, pt = _edit_atoms(source, edit, result)
+    im, it, pm, pt = edit_atoms(source, edit, result)
     g_sc = 10.0 * (im / it) * (pm / pt)
     g_pq = 10.0 * realism(pixels, result, size)
     return EditScore(im, it, pm, pt, g_sc, g_pq)

@@ -1,0 +1,1 @@
+"""RL preference optimisation of the unified model (GRPO over image-token spans)."""
