@@ -59,15 +59,17 @@ def main() -> None:
     args = parser.parse_args()
     if not Path("artifacts/prepare/summary.json").exists():
         sys.exit("run `arm prepare` (or `dvc repro prepare`) first")
-    results = {}
+    out = Path(__file__).parent / "results" / "tokenizer_ablations.json"
+    # Keep the variants not rerun this time, so the table stays whole.
+    results = json.loads(out.read_text()) if out.exists() else {}
     for name in args.variants:
         if name == "full" and args.full_from:
             results[name] = json.loads((Path(args.full_from) / "metrics.json").read_text())
         else:
             results[name] = run(name, VARIANTS[name], args.config)
+    results = {name: results[name] for name in VARIANTS if name in results}
     text = table(results)
     print(text)
-    out = Path(__file__).parent / "results" / "tokenizer_ablations.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     doc = Path("docs/tokenizer.md")
