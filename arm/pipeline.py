@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,7 @@ import torch
 
 from arm.generate import Engine, Sampling
 from arm.images import to_tensor, to_uint8
-from arm.model.vocab import EDIT, EOI, SOI, T2I, UND
+from arm.model.sequences import editing_prefix, generation_prefix, understanding_prefix
 
 
 @dataclass
@@ -28,6 +28,11 @@ class Guidance:
 
     scale: float = 3.0
     image_scale: float = 1.5
+
+
+def _offset(sampling: Sampling, start: int) -> Sampling:
+    """The sampling of the batch starting at row `start`: its own seed, so batches are independent."""
+    return replace(sampling, seed=None if sampling.seed is None else sampling.seed + start)
 
 
 class Pipeline:
@@ -89,20 +94,16 @@ class Pipeline:
                for i in range(0, len(codes), 256)]
         return np.concatenate(out) if out else np.zeros((0, self.image_size, self.image_size, 3), np.uint8)
 
-    def _image_span(self, codes) -> list[int]:
-        return [self.vocab[SOI]] + [self.vocab.image_id(int(c)) for c in codes] + [self.vocab[EOI]]
-
-    # --- prompts (the inference halves of arm.model.sequences' templates) ------------------------------
+    # --- prompts: the inference halves of arm.model.sequences' templates ------------------------------
 
     def generation_prompt(self, text_ids: list[int]) -> list[int]:
-        return [self.vocab[T2I]] + list(text_ids) + [self.vocab[SOI]]
+        return generation_prefix(self.vocab, text_ids)
 
     def edit_prompt(self, source_codes, text_ids: list[int]) -> list[int]:
-        span = self._image_span(source_codes) if source_codes is not None else [self.vocab[SOI], self.vocab[EOI]]
-        return [self.vocab[EDIT]] + span + list(text_ids) + [self.vocab[SOI]]
+        return editing_prefix(self.vocab, source_codes, text_ids)
 
     def understanding_prompt(self, codes, question_ids: list[int]) -> list[int]:
-        return [self.vocab[UND]] + (self._image_span(codes) if codes is not None else []) + list(question_ids)
+        return understanding_prefix(self.vocab, codes, question_ids)
 
     # --- the three tasks --------------------------------------------------------------------------------
 
@@ -118,10 +119,8 @@ class Pipeline:
         for a, b in self._batches(len(prompts)):
             cond = [self.generation_prompt(self.text_ids(p)) for p in prompts[a:b]]
             uncond = [self.generation_prompt([]) for _ in cond]
-            batch_sampling = Sampling(sampling.temperature, sampling.top_k, sampling.top_p,
-                                      None if sampling.seed is None else sampling.seed + a)
             out.append(self.engine.generate_images(cond, self.num_image_tokens, uncond=uncond,
-                                                   guidance_scale=guidance.scale, sampling=batch_sampling))
+                                                   guidance_scale=guidance.scale, sampling=_offset(sampling, a)))
         return torch.cat(out).numpy() if out else np.zeros((0, self.num_image_tokens), np.int64)
 
     def generate(self, prompts: list[str], guidance: Guidance | None = None,
@@ -141,11 +140,9 @@ class Pipeline:
             cond = [self.edit_prompt(c, i) for c, i in zip(source_codes[a:b], ids)]
             uncond = [self.edit_prompt(None, []) for _ in ids]
             source_only = [self.edit_prompt(c, []) for c in source_codes[a:b]]
-            batch_sampling = Sampling(sampling.temperature, sampling.top_k, sampling.top_p,
-                                      None if sampling.seed is None else sampling.seed + a)
             out.append(self.engine.generate_images(
                 cond, self.num_image_tokens, uncond=uncond, guidance_scale=guidance.scale, source_only=source_only,
-                image_guidance_scale=guidance.image_scale, sampling=batch_sampling))
+                image_guidance_scale=guidance.image_scale, sampling=_offset(sampling, a)))
         return torch.cat(out).numpy() if out else np.zeros((0, self.num_image_tokens), np.int64)
 
     def edit(self, images: np.ndarray, instructions: list[str], guidance: Guidance | None = None,

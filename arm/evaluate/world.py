@@ -55,21 +55,21 @@ class Samples:
         self.scores.append({"metric": metric, "group": group, "value": float(value)})
 
 
-def _mean(values) -> float:
-    values = list(values)
-    return float(np.mean(values)) if values else float("nan")
-
-
-def summarise(samples: Samples, seed: int = 0) -> dict[str, Estimate]:
-    """Every metric overall (`gen/acc`) and per group (`gen/two`, `edit/move/g_o`), with intervals."""
+def grouped(scores: list[dict]) -> dict[str, list[float]]:
+    """Per-sample values by key: every metric overall (`gen/acc`) and per group (`gen/two`, `edit/move/g_o`)."""
     by_key: dict[str, list[float]] = defaultdict(list)
-    for s in samples.scores:
+    for s in scores:
         task, name = s["metric"].split("/", 1)
         by_key[s["metric"]].append(s["value"])
         if s["group"] is not None:
             group_key = f"{task}/{s['group']}" if name == "acc" else f"{task}/{s['group']}/{name}"
             by_key[group_key].append(s["value"])
-    return {k: mean_ci(v, seed=seed) for k, v in sorted(by_key.items())}
+    return dict(sorted(by_key.items()))
+
+
+def summarise(samples: Samples, seed: int = 0) -> dict[str, Estimate]:
+    """Every grouped metric with its bootstrap interval."""
+    return {k: mean_ci(v, seed=seed) for k, v in grouped(samples.scores).items()}
 
 
 class SplitData:
@@ -95,10 +95,9 @@ class SplitData:
         return self.pixels[[self.index[k] for k in keys]] if keys else self.pixels[:0]
 
 
-def _values(samples: Samples, first: int, seed: int) -> dict[str, float]:
-    """Means of the scores added since index `first`."""
-    part = Samples(scores=samples.scores[first:])
-    return {k: e.value for k, e in summarise(part, seed).items()}
+def _values(samples: Samples, first: int) -> dict[str, float]:
+    """Plain means of the scores added since index `first` (intervals are the stage's, computed once)."""
+    return {k: float(np.mean(v)) for k, v in grouped(samples.scores[first:]).items()}
 
 
 def evaluate_understanding(pipe: Pipeline, data: SplitData, settings: EvalSettings, samples: Samples) -> dict:
@@ -123,7 +122,7 @@ def evaluate_understanding(pipe: Pipeline, data: SplitData, settings: EvalSettin
         for p, r in zip(predictions, text):
             which = "heldout" if r["meta"].get("held_out_thing") else "seen"
             samples.add(f"und/text_knowledge_{which}", None, answer_correct("color", p, r["answer"]))
-    out = _values(samples, first, settings.seed)
+    out = _values(samples, first)
     if records:
         out["und/count"] = len(records)
     return out
@@ -149,7 +148,7 @@ def evaluate_generation(pipe: Pipeline, data: SplitData, settings: EvalSettings,
             which = "heldout" if r["meta"].get("held_out_thing") else "seen"
             samples.add(f"gen/knowledge_{which}", None, knowledge_score(spec, image, pipe.image_size))
         samples.generation.append({"prompt": r["text"], "image": image, "passed": passed})
-    out = _values(samples, first, settings.seed)
+    out = _values(samples, first)
     out["gen/count"] = len(images)
     return out
 
@@ -171,7 +170,7 @@ def evaluate_editing(pipe: Pipeline, data: SplitData, settings: EvalSettings, sa
             samples.add(f"edit/{name}", edit_type, value)
         samples.editing.append({"source": source, "instruction": r["text"], "image": image,
                                 "g_sc": score.g_sc, "g_pq": score.g_pq})
-    out = _values(samples, first, settings.seed)
+    out = _values(samples, first)
     out["edit/count"] = len(records)
     return out
 

@@ -32,22 +32,35 @@ def _image_span(vocab: Vocab, codes) -> list[int]:
     return [vocab[SOI]] + [vocab.image_id(int(c)) for c in codes] + [vocab[EOI]]
 
 
+def understanding_prefix(vocab: Vocab, image, question: list[int]) -> list[int]:
+    """The prompt half of the understanding template (also what inference feeds the model)."""
+    return [vocab[UND]] + (_image_span(vocab, image) if image is not None else []) + list(question)
+
+
+def generation_prefix(vocab: Vocab, prompt: list[int]) -> list[int]:
+    return [vocab[T2I]] + list(prompt) + [vocab[SOI]]
+
+
+def editing_prefix(vocab: Vocab, source, instruction: list[int]) -> list[int]:
+    """A dropped source image keeps its brackets (`<|soi|> <|eoi|>`), so the layout stays the same."""
+    source_span = _image_span(vocab, source) if source is not None else [vocab[SOI], vocab[EOI]]
+    return [vocab[EDIT]] + source_span + list(instruction) + [vocab[SOI]]
+
+
 def understanding_sequence(vocab: Vocab, image, question: list[int], answer: list[int]) -> tuple[list[int], list[int]]:
-    prefix = [vocab[UND]] + (_image_span(vocab, image) if image is not None else []) + list(question)
+    prefix = understanding_prefix(vocab, image, question)
     target = list(answer) + [vocab[EOS]]
     return prefix + target, [IGNORE] * len(prefix) + target
 
 
 def generation_sequence(vocab: Vocab, prompt: list[int], image) -> tuple[list[int], list[int]]:
-    prefix = [vocab[T2I]] + list(prompt) + [vocab[SOI]]
+    prefix = generation_prefix(vocab, prompt)
     target = [vocab.image_id(int(c)) for c in image] + [vocab[EOI]]
     return prefix + target, [IGNORE] * len(prefix) + target
 
 
 def editing_sequence(vocab: Vocab, source, instruction: list[int], target_image) -> tuple[list[int], list[int]]:
-    """A dropped source image keeps its brackets (`<|soi|> <|eoi|>`), so the layout stays the same."""
-    source_span = _image_span(vocab, source) if source is not None else [vocab[SOI], vocab[EOI]]
-    prefix = [vocab[EDIT]] + source_span + list(instruction) + [vocab[SOI]]
+    prefix = editing_prefix(vocab, source, instruction)
     target = [vocab.image_id(int(c)) for c in target_image] + [vocab[EOI]]
     return prefix + target, [IGNORE] * len(prefix) + target
 
