@@ -1,7 +1,7 @@
 """The `arm` command: one subcommand per lifecycle stage, plus data and config utilities.
 
     arm prepare --config configs/default.yaml [section.key=value ...]
-    arm tokenizer | arm encode | arm pretrain | arm evaluate   (the next stages, same arguments)
+    arm tokenizer | arm encode | arm pretrain | arm rl | arm evaluate | arm package (the next stages, same arguments)
     arm world generate --out data --num-scenes 10000 --size 64 --seed 0
     arm world parse image.png
     arm import captions|jsonl|edits|qa SRC --out data [--append | --overwrite]
@@ -58,6 +58,18 @@ def cmd_pretrain(args) -> None:
     from arm.pretrain import pretrain_stage
 
     pretrain_stage(_load(args), stop_at_step=args.stop_at_step)
+
+
+def cmd_rl(args) -> None:
+    from arm.rl.stage import rl_stage
+
+    rl_stage(_load(args), stop_at_step=args.stop_at_step)
+
+
+def cmd_package(args) -> None:
+    from arm.package import package_stage
+
+    package_stage(_load(args))
 
 
 def cmd_evaluate(args) -> None:
@@ -260,7 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
         ("tokenizer", "train the semantic visual tokenizer (four losses, FSQ)", cmd_tokenizer),
         ("encode", "visual tokens for every prepared image, written once", cmd_encode),
         ("pretrain", "train the unified autoregressive model on the task mix", cmd_pretrain),
+        ("rl", "GRPO preference optimisation of the pretrained model (gen, edit or joint)", cmd_rl),
         ("evaluate", "score the unified model on the world benchmarks", cmd_evaluate),
+        ("package", "save the model to the BentoML store and build the Bento", cmd_package),
     )
     for name, help_text, func in stages:
         p = sub.add_parser(name, help=help_text)
@@ -268,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "evaluate":
             p.add_argument("--compare", nargs=2, metavar=("A", "B"),
                            help="instead of evaluating, compare two evaluate folders (B - A with 95%% intervals)")
-        if name in ("tokenizer", "pretrain"):
+        if name in ("tokenizer", "pretrain", "rl"):
             p.add_argument("--stop-at-step", type=int, default=None,
                            help="stop after this many optimiser steps, keeping the checkpoint; run again "
                                 "without it to resume")

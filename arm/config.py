@@ -191,10 +191,56 @@ class PretrainConfig:
 
 
 @dataclass
+class RLConfig:
+    """GRPO preference optimisation of the pretrained model (stage `rl`): rollouts, rewards, objective."""
+
+    mode: str = "joint"                      # gen | edit | joint (each step half generation, half editing)
+    init: str = "pretrain"                   # the stage (or a folder) RL starts from; also the frozen reference
+    out_dir: Optional[str] = None            # default <artifacts>/rl; set it to keep several runs side by side
+    prompts_per_step: int = 8                # prompts (or source + instruction pairs) per step
+    group_size: int = 8                      # G images sampled per prompt; advantages are relative to the group
+    max_steps: int = 200                     # rollout steps
+    inner_updates: int = 1                   # optimiser steps per rollout batch (ratio != 1 after the first)
+    micro_batch_size: int = 64               # sequences per forward/backward (gradients accumulate)
+    lr: float = 1e-4
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    beta: float = 0.01                       # KL(policy || reference) weight
+    clip_eps: float = 0.2
+    rewards: Dict[str, float] = field(default_factory=lambda: {"instruction": 1.0, "consistency": 1.0, "quality": 0.25})
+    guidance_scale: float = 3.0              # rollouts sample as evaluation does, with guidance
+    image_guidance_scale: float = 1.5
+    temperature: float = 1.0                 # exploration: rollouts sample hotter than evaluation
+    top_k: int = 0
+    precision: str = "32-true"
+    accelerator: str = "auto"
+    devices: int = 1
+    strategy: str = "auto"                   # auto | ddp (each process its own prompts; gradients averaged)
+    sample_every_steps: int = 50             # TensorBoard grids of the best and worst sample of groups; 0 = off
+    checkpoint_every_steps: int = 50
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.mode not in ("gen", "edit", "joint"):
+            raise ValueError(f"rl.mode must be gen, edit or joint, got {self.mode!r}")
+        if self.group_size < 2:
+            raise ValueError(f"rl.group_size must be at least 2 (advantages compare samples of a group), "
+                             f"got {self.group_size}")
+        if self.mode == "joint" and self.prompts_per_step < 2:
+            raise ValueError("rl.prompts_per_step must be at least 2 in joint mode (one of each task)")
+        if self.strategy not in ("auto", "ddp"):
+            raise ValueError(f"rl.strategy must be auto or ddp, got {self.strategy!r}")
+        if not any(self.rewards.values()):
+            raise ValueError("rl.rewards must give at least one reward a non-zero weight")
+
+
+@dataclass
 class EvaluateConfig:
     """The world benchmarks (stage `evaluate`) on a trained unified model."""
 
     model: str = "pretrain"                  # the stage whose model to score (pretrain | rl) or a folder
+    out_dir: Optional[str] = None            # default <artifacts>/evaluate
     splits: List[str] = field(default_factory=lambda: ["test", "holdout"])
     limit: Optional[int] = None              # records per task and split (None: all)
     samples_per_prompt: int = 1
@@ -216,20 +262,36 @@ class EvaluateConfig:
 
 
 @dataclass
+class PackageConfig:
+    """The Bento (stage `package`): which model goes into the BentoML model store, under which name."""
+
+    model: str = "rl"                        # the stage whose model is served (rl | pretrain) or a folder
+    model_name: str = "arm-unified"          # the BentoML model name; the service loads <name>:latest
+
+    def __post_init__(self):
+        if not self.model_name or not self.model_name.replace("-", "").replace("_", "").isalnum():
+            raise ValueError(f"package.model_name must be letters, digits, - and _, got {self.model_name!r}")
+
+
+@dataclass
 class ArmConfig:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    package: PackageConfig = field(default_factory=PackageConfig)
 
     @property
     def artifacts(self) -> Path:
         return Path(self.run.artifacts_dir)
 
     def stage_dir(self, stage: str) -> Path:
-        return self.artifacts / stage
+        """Where a stage writes: <artifacts>/<stage>, unless `rl.out_dir` / `evaluate.out_dir` say otherwise."""
+        custom = {"rl": self.rl.out_dir, "evaluate": self.evaluate.out_dir}.get(stage)
+        return Path(custom) if custom else self.artifacts / stage
 
     @property
     def manifest_path(self) -> Path:

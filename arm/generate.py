@@ -44,9 +44,13 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
+GREEDY_BELOW = 1e-4
+
+
 def sample(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> torch.Tensor:
-    """(B, V) -> (B,) token ids; temperature 0 is greedy."""
-    if sampling.temperature <= 0:
+    """(B, V) -> (B,) token ids; temperature 0 is greedy (and so is any temperature too small for the
+    division to stay finite: the limit of sampling as T -> 0 is the argmax)."""
+    if sampling.temperature < GREEDY_BELOW:
         return logits.argmax(-1)
     logits = filter_logits(logits / sampling.temperature, sampling.top_k, sampling.top_p)
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
@@ -62,6 +66,14 @@ def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
             ids[row, width - len(seq):] = torch.as_tensor(seq)
             mask[row, width - len(seq):] = 1
     return ids, mask
+
+
+def _row_scales(scale: float | list[float], rows: int) -> torch.Tensor:
+    """A guidance scale for every row, shaped (B, 1) to broadcast over the codebook (or (1, 1) if shared)."""
+    t = torch.as_tensor(scale, dtype=torch.float32).reshape(-1, 1)
+    if t.shape[0] not in (1, rows):
+        raise ValueError(f"{t.shape[0]} guidance scales for {rows} rows")
+    return t
 
 
 class Engine:
@@ -99,30 +111,47 @@ class Engine:
 
     @torch.no_grad()
     def generate_images(self, cond: list[list[int]], num_tokens: int, *, uncond: list[list[int]] | None = None,
-                        guidance_scale: float = 1.0, source_only: list[list[int]] | None = None,
-                        image_guidance_scale: float = 1.0, sampling: Sampling | None = None) -> torch.Tensor:
+                        guidance_scale: float | list[float] = 1.0, source_only: list[list[int]] | None = None,
+                        image_guidance_scale: float | list[float] = 1.0,
+                        sampling: Sampling | list[Sampling] | None = None) -> torch.Tensor:
         """Sample exactly `num_tokens` image codes after each prompt (each ends with `<|soi|>`).
-        With `uncond` (and for editing `source_only`), guided; all rows run as one batch. -> (B, num_tokens)."""
-        sampling = sampling or Sampling()
-        generator = torch.Generator(device="cpu").manual_seed(sampling.seed) if sampling.seed is not None else None
-        guided = uncond is not None and (guidance_scale != 1.0 or (source_only is not None and image_guidance_scale != 1.0))
-        rows = list(cond) + (list(uncond) + (list(source_only) if source_only is not None else []) if guided else [])
+        With `uncond` (and for editing `source_only`), guided; all rows run as one batch. -> (B, num_tokens).
+
+        Scales and sampling may also be given per row (lists of length B): each row then samples with its
+        own seeded generator, so a row's result does not depend on the other rows of the batch (the
+        service batches unrelated requests)."""
         b = len(cond)
+        per_row = isinstance(sampling, list)
+        samplings = sampling if per_row else [sampling or Sampling()]
+        generators = [torch.Generator(device="cpu").manual_seed(s.seed) if s.seed is not None else None
+                      for s in samplings]
+        text_scale, image_scale = _row_scales(guidance_scale, b), _row_scales(image_guidance_scale, b)
+        guided = uncond is not None and (bool((text_scale != 1.0).any())
+                                         or (source_only is not None and bool((image_scale != 1.0).any())))
+        rows = list(cond) + (list(uncond) + (list(source_only) if source_only is not None else []) if guided else [])
         lo, hi = self.vocab.image_offset, self.vocab.image_offset + self.vocab.codebook_size
         logits, state = self.prefill(rows)
+        text_scale, image_scale = text_scale.to(logits.device), image_scale.to(logits.device)
+        unguided_rows = (text_scale == 1.0) & ((image_scale == 1.0) if source_only is not None else True)
         codes = []
         for _ in range(num_tokens):
             image_logits = logits[:, lo:hi]  # constrained: only image ids inside the span
             if guided:
                 c, u = image_logits[:b], image_logits[b:2 * b]
                 if source_only is not None:
-                    s = image_logits[2 * b:3 * b]
-                    mixed = u + image_guidance_scale * (s - u) + guidance_scale * (c - s)
+                    src = image_logits[2 * b:3 * b]
+                    mixed = u + image_scale * (src - u) + text_scale * (c - src)
                 else:
-                    mixed = u + guidance_scale * (c - u)
+                    mixed = u + text_scale * (c - u)
+                # Rows at scale 1 are exactly conditional (u + 1 * (c - u) can round differently from c).
+                mixed = torch.where(unguided_rows, c, mixed)
             else:
                 mixed = image_logits
-            chosen = sample(mixed.cpu(), sampling, generator)  # (B,) codes in [0, K)
+            mixed = mixed.cpu()
+            if per_row:  # (B,) codes in [0, K), each row from its own generator
+                chosen = torch.cat([sample(mixed[i:i + 1], samplings[i], generators[i]) for i in range(b)])
+            else:
+                chosen = sample(mixed, samplings[0], generators[0])
             codes.append(chosen)
             token = (chosen + lo).to(self.device)
             logits = self.step(token.repeat(len(rows) // b), state)

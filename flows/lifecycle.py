@@ -34,7 +34,7 @@ from arm.data.versioning import dvc_executable, ensure_data  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # In lifecycle order; each is a DVC stage, an `arm` subcommand and a config section.
-STAGES = ("prepare", "tokenizer", "encode", "pretrain", "evaluate")
+STAGES = ("prepare", "tokenizer", "encode", "pretrain", "rl", "evaluate", "package")
 
 
 class StageFailed(RuntimeError):

@@ -20,6 +20,9 @@ os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"
 os.environ.pop("PREFECT_API_URL", None)
 os.environ["DO_NOT_TRACK"] = "1"
 os.environ["BENTOML_DO_NOT_TRACK"] = "true"
+# BentoML's model and Bento store for the session: a temporary home, never the user's.
+_BENTOML_HOME = tempfile.mkdtemp(prefix="arm-bentoml-home-")
+os.environ["BENTOML_HOME"] = _BENTOML_HOME
 os.environ["HF_HUB_OFFLINE"] = "1"
 # Stage subprocesses find `arm` and `dvc` of this environment.
 os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
@@ -29,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_PREFECT_HOME, ignore_errors=True)
+    shutil.rmtree(_BENTOML_HOME, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -76,6 +80,8 @@ TINY = ["tokenizer.max_steps=4", "tokenizer.val_every_steps=2", "tokenizer.batch
         "pretrain.intermediate_size=64", "pretrain.batch_size=4", "pretrain.max_steps=6",
         "pretrain.val_every_steps=3", "pretrain.warmup_steps=2", "pretrain.val_records_per_task=8",
         "pretrain.sample_every_steps=3", "pretrain.sample_records_per_task=2",
+        "rl.max_steps=2", "rl.prompts_per_step=2", "rl.group_size=2", "rl.micro_batch_size=4",
+        "rl.sample_every_steps=1", "rl.checkpoint_every_steps=1",
         "evaluate.limit=4", "evaluate.tokenizer_images=16"]
 
 
@@ -118,3 +124,28 @@ def encoded(tmp_path, tiny_world, encoded_stages):
         shutil.copytree(encoded_stages / stage, artifacts / stage)
     return load_config("configs/default.yaml", [f"data.root={tiny_world}", f"run.artifacts_dir={artifacts}",
                                                 f"run.log_dir={artifacts / 'logs'}", *TINY])
+
+
+def tiny_overrides(tiny_world: Path, artifacts: Path, *extra: str) -> list[str]:
+    """The overrides that point the default preset at a tiny world and an artifacts folder, tiny sizes."""
+    return [f"data.root={tiny_world}", f"run.artifacts_dir={artifacts}", f"run.log_dir={artifacts / 'logs'}",
+            *TINY, *extra]
+
+
+@pytest.fixture(scope="session")
+def pretrained_stages(tmp_path_factory, tiny_world, encoded_stages) -> Path:
+    """The tiny encoded stages plus a tiny `pretrain`, once per session (read-only: copy before writing)."""
+    from arm.config import load_config
+    from arm.pretrain import pretrain_stage
+
+    root = tmp_path_factory.mktemp("pretrained")
+    for stage in ("prepare", "tokenizer", "encode"):
+        shutil.copytree(encoded_stages / stage, root / stage)
+    pretrain_stage(load_config("configs/default.yaml", tiny_overrides(tiny_world, root)))
+    return root
+
+
+def copy_stages(source: Path, dest: Path, stages=("prepare", "tokenizer", "encode", "pretrain")) -> Path:
+    for stage in stages:
+        shutil.copytree(source / stage, dest / stage)
+    return dest

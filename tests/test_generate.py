@@ -93,3 +93,20 @@ def test_top_k_and_top_p_filtering():
     # softmax of [3, 2, 1, 0] = [0.64, 0.24, 0.09, 0.03]: top_p 0.7 keeps the first two.
     assert torch.isinf(filter_logits(logits, top_p=0.7)).tolist() == [[False, False, True, True]]
     assert torch.isinf(filter_logits(logits, top_p=0.5)).tolist() == [[False, True, True, True]]
+
+
+def test_per_row_settings_make_each_row_independent_of_its_batch(engine):
+    """The service batches unrelated requests: a row with its own seed and scales must come out the same
+    alone and beside other rows (and a per-row list with one shared value equals the shared call)."""
+    v = engine.vocab
+    prompts = [[v["<|t2i|>"], 3, 4, v["<|soi|>"]], [v["<|t2i|>"], 5, v["<|soi|>"]], [v["<|t2i|>"], 6, 7, 8, v["<|soi|>"]]]
+    uncond = [[v["<|t2i|>"], v["<|soi|>"]]] * 3
+    rows = [Sampling(temperature=1.0, seed=11), Sampling(temperature=0.5, top_k=4, seed=12), Sampling(seed=13)]
+    batch = engine.generate_images(prompts, 8, uncond=uncond, guidance_scale=[3.0, 1.0, 2.0], sampling=rows)
+    for i, scale in enumerate([3.0, 1.0, 2.0]):
+        alone = engine.generate_images([prompts[i]], 8, uncond=[uncond[i]], guidance_scale=[scale], sampling=[rows[i]])
+        assert torch.equal(batch[i], alone[0]), i
+    shared = engine.generate_images(prompts[:1], 8, uncond=uncond[:1], guidance_scale=3.0, sampling=Sampling(seed=11))
+    assert torch.equal(shared[0], batch[0])
+    with pytest.raises(ValueError, match="2 guidance scales for 3 rows"):
+        engine.generate_images(prompts, 2, uncond=uncond, guidance_scale=[1.0, 2.0], sampling=rows)

@@ -10,26 +10,18 @@ import pytest
 
 from arm.generate import Sampling
 from arm.pipeline import Guidance, Pipeline
-from arm.pretrain import pretrain_stage
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_world, encoded_stages):
-    """One tiny unified model for the whole module (tests only read it, or write beside it)."""
-    import shutil
-
+def trained(tmp_path_factory, tiny_world, pretrained_stages):
+    """The session's tiny unified model, copied for this module (tests read it, or write beside it)."""
     from arm.config import load_config
-    from tests.conftest import TINY
+    from tests.conftest import copy_stages, tiny_overrides
 
-    artifacts = tmp_path_factory.mktemp("trained")
-    for stage in ("prepare", "tokenizer", "encode"):
-        shutil.copytree(encoded_stages / stage, artifacts / stage)
-    cfg = load_config("configs/default.yaml", [f"data.root={tiny_world}", f"run.artifacts_dir={artifacts}",
-                                               f"run.log_dir={artifacts / 'logs'}", *TINY])
-    pretrain_stage(cfg)
-    return cfg
+    artifacts = copy_stages(pretrained_stages, tmp_path_factory.mktemp("trained"))
+    return load_config("configs/default.yaml", tiny_overrides(tiny_world, artifacts))
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +122,7 @@ def test_evaluate_stage_writes_flat_metrics_per_split(trained):
     from arm.evaluate.stage import evaluate_stage
 
     cfg = load_config("configs/default.yaml", [f"data.root={trained.data.root}", f"run.artifacts_dir={trained.artifacts}",
-                                               "evaluate.limit=3", "evaluate.splits=[test,holdout]",
+                                               "evaluate.model=pretrain", "evaluate.limit=3", "evaluate.splits=[test,holdout]",
                                                "evaluate.tokenizer_images=8", "evaluate.rfid=false"])
     metrics = evaluate_stage(cfg)
     written = json.loads((trained.stage_dir("evaluate") / "metrics.json").read_text())

@@ -1,0 +1,83 @@
+"""RL prompts: the world's generation prompts and (source, instruction) pairs of a prepared split, with
+what the rewards need to score a sample (the prompt's constraints, the source scene and the edit).
+
+Each step draws `prompts_per_step` of them from a generator seeded by (seed, step, process rank), so a
+resumed run continues with the very prompts it would have seen, and every process of a DDP job gets
+its own.
+
+>>> # prompts = RLPrompts("artifacts/prepare", "joint", prompts_per_step=8, steps=200)
+>>> # prompts[0]   # -> [Prompt(task="t2i", text=...), ..., Prompt(task="edit", ...)]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from arm.model.data import process_rank
+from arm.world.scene import Scene
+from arm.world.texts import Edit, GenSpec
+
+TASKS_OF_MODE = {"gen": ("t2i",), "edit": ("edit",), "joint": ("t2i", "edit")}
+
+
+@dataclass
+class Prompt:
+    task: str                          # "t2i" | "edit"
+    text: str                          # the prompt or the instruction
+    spec: GenSpec | None = None        # generation: the constraints the image must meet
+    source: np.ndarray | None = None   # editing: (S, S, 3) uint8 source image
+    scene: Scene | None = None         # editing: the source's scene graph
+    edit: Edit | None = None
+
+
+def load_prompts(prepare_dir: str | Path, split: str, tasks: tuple[str, ...]) -> dict[str, list[Prompt]]:
+    """The split's world records of the given tasks as Prompts (records without world metadata, e.g. a
+    user's own data, cannot be scored by the built-in rewards and are left out)."""
+    from arm.evaluate.world import SplitData
+
+    data = SplitData(prepare_dir, split)
+    out: dict[str, list[Prompt]] = {}
+    if "t2i" in tasks:
+        out["t2i"] = [Prompt("t2i", r["text"], spec=GenSpec.from_dict(r["meta"]["spec"]))
+                      for r in data.task("t2i", None) if "spec" in r["meta"]]
+    if "edit" in tasks:
+        records = [r for r in data.task("edit", None) if "edit" in r["meta"]]
+        sources = data.images([r["source_image"] for r in records])
+        out["edit"] = [Prompt("edit", r["text"], source=src, scene=Scene.from_dict(r["meta"]["scene"]),
+                              edit=Edit.from_dict(r["meta"]["edit"])) for r, src in zip(records, sources)]
+    for task, prompts in out.items():
+        if not prompts:
+            raise ValueError(f"the {split} split of {prepare_dir} has no world {task} records to run RL on; "
+                             "RL's built-in rewards need the world's metadata (use the Shapes world, or name your "
+                             "own reward in rl.rewards and give records a meta field)")
+    return out
+
+
+class RLPrompts(torch.utils.data.Dataset):
+    """Step i -> a list of Prompts: all of one task, or for `joint` the first half generation and the
+    second half editing."""
+
+    def __init__(self, prepare_dir: str | Path, mode: str, prompts_per_step: int, steps: int, seed: int = 0,
+                 start_step: int = 0, split: str = "train"):
+        self.tasks = TASKS_OF_MODE[mode]
+        self.prompts = load_prompts(prepare_dir, split, self.tasks)
+        self.per_step, self.steps, self.seed, self.start = prompts_per_step, steps, seed, start_step
+        self.rank = process_rank()[0]
+
+    def __len__(self) -> int:
+        return max(0, self.steps - self.start)
+
+    def __getitem__(self, i: int) -> list[Prompt]:
+        step = self.start + i
+        rng = np.random.default_rng([self.seed, step, self.rank])
+        counts = [self.per_step // len(self.tasks)] * len(self.tasks)
+        counts[0] += self.per_step - sum(counts)
+        chosen = []
+        for task, n in zip(self.tasks, counts):
+            pool = self.prompts[task]
+            chosen += [pool[j] for j in rng.choice(len(pool), size=n, replace=len(pool) < n)]
+        return chosen

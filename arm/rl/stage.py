@@ -1,0 +1,121 @@
+"""Stage `rl`: GRPO preference optimisation of the pretrained unified model on the world's rewards.
+
+    arm rl --config configs/default.yaml                          # joint: generation and editing
+    arm rl --config configs/default.yaml rl.mode=gen rl.out_dir=artifacts/rl-gen
+
+Writes `artifacts/rl/` (or `rl.out_dir`) in the same layout as `pretrain`'s output (a Hugging Face
+model folder, `vocab.json`, `tokenizer.json`), so `arm evaluate evaluate.model=rl`, the Pipeline and
+the Bento load it the same way, plus `metrics.json`: the mean reward of each task and component over
+the first and the last tenth of the run. Checkpoints go to `<artifacts>/checkpoints/rl/` (or under
+`rl.out_dir`) and an interrupted run resumes there.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from arm.checkpoints import fingerprint, resume_point, source_files, stop_at
+from arm.config import ArmConfig
+
+
+def init_dir(cfg: ArmConfig) -> Path:
+    """The model RL starts from: a stage's output (`pretrain`) or a folder."""
+    return cfg.stage_dir(cfg.rl.init) if cfg.rl.init in ("pretrain", "rl") else Path(cfg.rl.init)
+
+
+def reward_summary(history: list[dict]) -> dict[str, float]:
+    """Each reward key's mean over the first and the last tenth of the steps (`reward/t2i/total/first`)."""
+    if not history:
+        return {}
+    tenth = max(1, len(history) // 10)
+    out = {}
+    for key in sorted({k for h in history for k in h}):
+        for name, part in (("first", history[:tenth]), ("last", history[-tenth:])):
+            values = [h[key] for h in part if key in h]
+            if values:
+                out[f"reward/{key}/{name}"] = round(float(np.mean(values)), 6)
+    return out
+
+
+def rl_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict | None:
+    import lightning as L
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from arm.pretrain import load_unified_model
+    from arm.progress import quiet_lightning, training_progress
+    from arm.rl.data import RLPrompts
+    from arm.rl.rewards import combined_reward
+    from arm.rl.train import GRPOModule, GRPOSettings
+    from arm.tokenizer.model import VisualTokenizer
+
+    quiet_lightning()
+    r = cfg.rl
+    started = time.monotonic()
+    source, out = init_dir(cfg), cfg.stage_dir("rl")
+    ckpt_dir = out / "checkpoints" if r.out_dir else cfg.artifacts / "checkpoints" / "rl"
+    if out.resolve() == source.resolve():
+        raise ValueError(f"rl.out_dir {out} is the folder RL starts from; choose another folder")
+    L.seed_everything(r.seed, workers=True, verbose=False)
+    model, info, text_tokenizer = load_unified_model(source)
+    reference = copy.deepcopy(model)
+    visual = VisualTokenizer.load(cfg.stage_dir("tokenizer"))
+    reward_fn = combined_reward(dict(r.rewards))
+
+    stamp = fingerprint(asdict(r), source / "model.safetensors", cfg.stage_dir("prepare") / "summary.json",
+                        *source_files("rl", "generate.py", "pipeline.py", "world"))
+    resume, start_step = resume_point(ckpt_dir, stamp, "rl")
+    prompts = RLPrompts(cfg.stage_dir("prepare"), r.mode, r.prompts_per_step, r.max_steps, r.seed,
+                        start_step=start_step // r.inner_updates)
+    print(f"rl: {r.mode} from {source}, {r.max_steps} steps x {r.prompts_per_step} prompts x {r.group_size} "
+          f"samples; prompts available {({k: len(v) for k, v in prompts.prompts.items()})}", file=sys.stderr)
+    settings = GRPOSettings(
+        group_size=r.group_size, inner_updates=r.inner_updates, micro_batch_size=r.micro_batch_size, lr=r.lr,
+        warmup_steps=r.warmup_steps, weight_decay=r.weight_decay, grad_clip=r.grad_clip, beta=r.beta, clip_eps=r.clip_eps,
+        guidance_scale=r.guidance_scale, image_guidance_scale=r.image_guidance_scale, temperature=r.temperature,
+        top_k=r.top_k, sample_every_steps=r.sample_every_steps, seed=r.seed)
+    total_updates = r.max_steps * r.inner_updates
+    module = GRPOModule(model, reference, visual, info, text_tokenizer, reward_fn, settings, total_updates)
+    loader = torch.utils.data.DataLoader(prompts, batch_size=None, shuffle=False)
+    strategy = "auto"
+    if r.strategy == "ddp":
+        from lightning.pytorch.strategies import DDPStrategy
+
+        strategy = DDPStrategy(find_unused_parameters=False)
+    log_name = "rl" if not r.out_dir else f"rl-{out.name}"
+    trainer = L.Trainer(
+        max_steps=total_updates, max_epochs=-1, accelerator=r.accelerator, devices=r.devices, strategy=strategy,
+        precision=r.precision, use_distributed_sampler=False,
+        logger=TensorBoardLogger(cfg.run.log_dir, name=log_name, version="", default_hp_metric=False),
+        callbacks=[ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
+                                   every_n_train_steps=max(1, r.checkpoint_every_steps * r.inner_updates)),
+                   LearningRateMonitor(logging_interval="step")]
+        + ([] if sys.stderr.isatty() else [training_progress("rl")]) + ([stop_at(stop_at_step)] if stop_at_step else []),
+        log_every_n_steps=1, enable_progress_bar=sys.stderr.isatty(), enable_model_summary=False,
+        num_sanity_val_steps=0, limit_val_batches=0,
+    )
+    trainer.fit(module, loader, ckpt_path=str(resume) if resume else None)
+    if stop_at_step or trainer.global_rank != 0:
+        return None
+    if out.exists():
+        for item in out.iterdir():  # keep a checkpoints folder living inside out_dir
+            if item != ckpt_dir:
+                shutil.rmtree(item) if item.is_dir() else item.unlink()
+    module.model.save_pretrained(out)
+    for name in ("tokenizer.json", "vocab.json"):
+        shutil.copyfile(source / name, out / name)
+    metrics = {"train_minutes": round((time.monotonic() - started) / 60, 2), "steps": r.max_steps,
+               "mode": r.mode, "samples": r.max_steps * r.prompts_per_step * r.group_size,
+               **reward_summary(module.history)}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    print("rl: " + ", ".join(f"{k} {v}" for k, v in sorted(metrics.items())), file=sys.stderr)
+    return metrics

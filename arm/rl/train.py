@@ -1,0 +1,251 @@
+"""The GRPO loop as a thin LightningModule. One training step is one rollout batch:
+
+    1. rollout  for each prompt sample G images with the inference engine (KV cache, guidance), decode
+                them with the visual tokenizer and score them with the rewards -> r (P, G)
+    2. advantage A = (r - mean_G r) / (std_G r + 1e-4)                       (objective.group_advantages)
+    3. log-probs of each sampled code under the policy (conditional prompt, image ids only, as sampled),
+                the frozen reference and, with several inner updates, the rollout-time policy
+    4. loss     per token -min(ratio A, clip(ratio) A) + beta KL_k3(policy || reference), averaged per
+                sequence then over sequences (objective.grpo_loss); `inner_updates` optimiser steps
+
+The reference model and the visual tokenizer are held outside the module's parameters: they are neither
+trained nor saved in checkpoints (the stage rebuilds them from their folders).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import lightning as L
+import numpy as np
+import torch
+
+from arm.generate import Sampling, left_pad
+from arm.rl.data import Prompt
+from arm.rl.objective import grpo_loss, group_advantages
+from arm.rl.rewards import RewardSample
+from arm.schedules import warmup_cosine
+
+
+@dataclass
+class GRPOSettings:
+    group_size: int = 8
+    inner_updates: int = 1
+    micro_batch_size: int = 64
+    lr: float = 1e-4
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    beta: float = 0.01
+    clip_eps: float = 0.2
+    guidance_scale: float = 3.0
+    image_guidance_scale: float = 1.5
+    temperature: float = 1.0
+    top_k: int = 0
+    sample_every_steps: int = 50
+    seed: int = 0
+
+
+@dataclass
+class Rollout:
+    prompts: list[Prompt]   # P prompts; sample i belongs to prompt i // G
+    prefixes: list[list[int]]  # N = P * G conditional prompts (ids), the policy's view of each sample
+    codes: torch.Tensor     # (N, T) sampled image codes in [0, K)
+    images: np.ndarray      # (N, S, S, 3) decoded
+    rewards: list[dict]     # N dicts: each component and "total"
+
+    def totals(self, group_size: int) -> torch.Tensor:
+        """(P, G) total rewards."""
+        return torch.tensor([r["total"] for r in self.rewards], dtype=torch.float32).view(-1, group_size)
+
+
+def code_logprobs(model, prefixes: list[list[int]], codes: torch.Tensor, vocab,
+                  temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(code_t | prefix, codes_<t) and the entropy at each position, over image ids only and at the
+    sampling temperature (the constrained distribution the engine samples from, before guidance).
+    prefixes: N lists; codes (N, T) -> two (N, T)."""
+    device = next(model.parameters()).device
+    t = codes.shape[1]
+    image_ids = codes + vocab.image_offset
+    ids, mask = left_pad([p + row for p, row in zip(prefixes, image_ids.tolist())], vocab.pad)
+    ids, mask = ids.to(device), mask.to(device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: positions count real tokens
+    # Left padding puts every image span at the end: the last T + 1 positions' logits predict its T codes.
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=t + 1).logits
+    logits = logits[:, :-1, vocab.image_offset:vocab.image_offset + vocab.codebook_size].float()  # (N, T, K)
+    if temperature > 0:
+        logits = logits / temperature
+    logp_all = torch.log_softmax(logits, dim=-1)
+    logp = logp_all.gather(-1, codes.to(device)[..., None]).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logp, entropy
+
+
+class GRPOModule(L.LightningModule):
+    def __init__(self, model, reference, visual_tokenizer, info, text_tokenizer, reward_fn, settings: GRPOSettings,
+                 max_steps: int):
+        super().__init__()
+        self.model = model
+        self.settings, self.max_steps = settings, max_steps
+        self.info, self.text_tokenizer, self.reward_fn = info, text_tokenizer, reward_fn
+        # Not submodules: frozen, not optimised, not checkpointed.
+        self._frozen = {"reference": reference.eval().requires_grad_(False),
+                        "visual": visual_tokenizer.eval().requires_grad_(False)}
+        self.automatic_optimization = False
+        self.history: list[dict] = []  # per step: mean reward per task and component (for metrics.json)
+
+    @property
+    def reference(self):
+        return self._frozen["reference"]
+
+    def on_fit_start(self) -> None:
+        from arm.pipeline import Pipeline
+
+        for key, module in self._frozen.items():
+            self._frozen[key] = module.to(self.device)
+        self.pipe = Pipeline(self.model, self.info, self.text_tokenizer, self._frozen["visual"],
+                             batch_size=max(64, self.settings.group_size))
+        self.model.train()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["reward_history"] = self.history  # so a resumed run still reports its whole curve
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.history = list(checkpoint.get("reward_history", []))
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        return batch  # Prompts (text, numpy images, scene graphs): the rollout moves what it needs
+
+    # --- 1. rollout -----------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def rollout(self, prompts: list[Prompt], step: int) -> Rollout:
+        from arm.pipeline import Guidance
+
+        s, pipe, g = self.settings, self.pipe, self.settings.group_size
+        guidance = Guidance(s.guidance_scale, s.image_guidance_scale)
+        sampling = Sampling(s.temperature, s.top_k, seed=s.seed * 1_000_003 + step * 101 + self.global_rank)
+        prompts = [p for p in prompts if p.task == "t2i"] + [p for p in prompts if p.task == "edit"]
+        gen = [p for p in prompts if p.task == "t2i"]
+        edits = [p for p in prompts if p.task == "edit"]
+        prefixes, codes = [], []
+        if gen:
+            texts = [p.text for p in gen for _ in range(g)]
+            codes.append(torch.as_tensor(pipe.generate_codes(texts, guidance, sampling)))
+            prefixes += [pipe.generation_prompt(pipe.text_ids(t)) for t in texts]
+        if edits:
+            sources = np.repeat(pipe.encode_images(np.stack([p.source for p in edits])), g, axis=0)
+            texts = [p.text for p in edits for _ in range(g)]
+            codes.append(torch.as_tensor(pipe.edit_codes(sources, texts, guidance, sampling)))
+            prefixes += [pipe.edit_prompt(src, pipe.text_ids(t)) for src, t in zip(sources, texts)]
+        all_codes = torch.cat(codes).long()
+        images = pipe.decode_codes(all_codes)
+        rewards = []
+        for i, image in enumerate(images):
+            p = prompts[i // g]
+            rewards.append(self.reward_fn(RewardSample(p.task, image, spec=p.spec, source=p.source,
+                                                       source_scene=p.scene, edit=p.edit, size=pipe.image_size)))
+        self.model.train()  # the pipeline put it in eval mode for sampling
+        return Rollout(prompts, prefixes, all_codes, images, rewards)
+
+    # --- 2 to 4. advantages, log-probs, the clipped objective -------------------------------------------
+
+    def _chunks(self, n: int):
+        size = max(1, self.settings.micro_batch_size)
+        for a in range(0, n, size):
+            yield slice(a, min(n, a + size))
+
+    @torch.no_grad()
+    def _frozen_logprobs(self, model, roll: Rollout) -> torch.Tensor:
+        return torch.cat([code_logprobs(model, roll.prefixes[c], roll.codes[c], self.pipe.vocab,
+                                        self.settings.temperature)[0]
+                          for c in self._chunks(len(roll.prefixes))])
+
+    def training_step(self, batch: list[Prompt], batch_idx: int) -> None:
+        s = self.settings
+        started = time.perf_counter()
+        step = self.global_step // s.inner_updates
+        roll = self.rollout(batch, step)
+        rollout_seconds = time.perf_counter() - started
+        rewards = roll.totals(s.group_size)                            # (P, G)
+        advantages = group_advantages(rewards).flatten().to(self.device)  # (N,)
+        n = len(advantages)
+        logp_ref = self._frozen_logprobs(self.reference, roll)
+        # With one update per rollout the policy is still the rollout policy: ratio 1, no extra forward.
+        logp_old = self._frozen_logprobs(self.model, roll) if s.inner_updates > 1 else None
+        opt, schedule = self.optimizers(), self.lr_schedulers()
+        for _ in range(s.inner_updates):
+            opt.zero_grad()
+            totals = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "entropy": 0.0}
+            for c in self._chunks(n):
+                logp, entropy = code_logprobs(self.model, roll.prefixes[c], roll.codes[c], self.pipe.vocab,
+                                              s.temperature)
+                old = logp.detach() if logp_old is None else logp_old[c]
+                terms = grpo_loss(logp, old, logp_ref[c], advantages[c], torch.ones_like(logp), s.clip_eps, s.beta)
+                weight = (c.stop - c.start) / n
+                self.manual_backward(terms.loss * weight)
+                for key, value in (("loss", terms.loss), ("kl", terms.kl), ("clip_fraction", terms.clip_fraction),
+                                   ("entropy", entropy.mean())):
+                    totals[key] += float(value.detach()) * weight
+            if s.grad_clip:
+                self.clip_gradients(opt, gradient_clip_val=s.grad_clip, gradient_clip_algorithm="norm")
+            opt.step()
+            schedule.step()
+        self._log_step(roll, rewards, totals, rollout_seconds, time.perf_counter() - started, step)
+
+    # --- what a person watches ----------------------------------------------------------------------------
+
+    def _log_step(self, roll: Rollout, rewards: torch.Tensor, totals: dict, rollout_s: float, step_s: float,
+                  step: int) -> None:
+        g = self.settings.group_size
+        summary = {}
+        for task in ("t2i", "edit"):
+            rows = [r for i, r in enumerate(roll.rewards) if roll.prompts[i // g].task == task]
+            for key in (rows[0] if rows else {}):
+                values = np.array([r[key] for r in rows])
+                summary[f"{task}/{key}"] = float(values.mean())
+                self.log(f"rl/{task}_{key}", float(values.mean()))
+                self.log(f"rl/{task}_{key}_std", float(values.std()))
+        self.history.append(summary)
+        self.log("rl/reward", float(rewards.mean()), prog_bar=True)
+        self.log("rl/reward_std_in_group", float(rewards.std(dim=1, unbiased=False).mean()))
+        self.log("rl/groups_without_signal", float((rewards.std(dim=1) == 0).float().mean()))
+        for key, value in totals.items():
+            self.log(f"rl/{key}", value, prog_bar=key == "kl")
+        self.log("rl/rollout_seconds", rollout_s)
+        self.log("rl/samples_per_s", len(roll.rewards) / max(step_s, 1e-9))
+        every = self.settings.sample_every_steps
+        if every > 0 and step % every == 0:
+            self._log_best_and_worst(roll, rewards, step)
+
+    def _log_best_and_worst(self, roll: Rollout, rewards: torch.Tensor, step: int, groups: int = 8) -> None:
+        """Per group (columns): the source for edits, then the best and the worst sample (rows)."""
+        from arm.images import grid_to_tensorboard, make_grid
+
+        writer = getattr(self.logger, "experiment", None)
+        if writer is None or not hasattr(writer, "add_image") or self.global_rank:
+            return
+        g = self.settings.group_size
+        for task in ("t2i", "edit"):
+            rows = [i for i, p in enumerate(roll.prompts) if p.task == task][:groups]
+            if not rows:
+                continue
+            best = [i * g + int(rewards[i].argmax()) for i in rows]
+            worst = [i * g + int(rewards[i].argmin()) for i in rows]
+            tiles = ([roll.prompts[i].source for i in rows] if task == "edit" else []) \
+                + [roll.images[j] for j in best] + [roll.images[j] for j in worst]
+            grid = make_grid(tiles, columns=len(rows), scale=2)
+            name = "generation" if task == "t2i" else "editing (sources, best, worst)"
+            writer.add_image(f"rl/{name}", grid_to_tensorboard(grid), step)
+            writer.add_text(f"rl/{task}_prompts", "\n\n".join(
+                f"{k}. {roll.prompts[i].text} (best {float(rewards[i].max()):.2f}, worst {float(rewards[i].min()):.2f})"
+                for k, i in enumerate(rows)), step)
+
+    def configure_optimizers(self):
+        s = self.settings
+        opt = torch.optim.AdamW(self.model.parameters(), lr=s.lr, weight_decay=s.weight_decay, betas=(0.9, 0.95))
+        # Warmup, then constant: RL runs are short and are judged at their end.
+        schedule = warmup_cosine(s.warmup_steps * s.inner_updates, self.max_steps, constant=True)
+        return {"optimizer": opt,
+                "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, schedule), "interval": "step"}}
