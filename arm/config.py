@@ -209,6 +209,11 @@ class RLConfig:
     beta: float = 0.01                       # KL(policy || reference) weight
     clip_eps: float = 0.2
     rewards: Dict[str, float] = field(default_factory=lambda: {"instruction": 1.0, "consistency": 1.0, "quality": 0.25})
+    # Understanding replay (InstructGPT's PPO-ptx): each step also takes the next-token loss of this many
+    # understanding sequences (vqa, caption, text, in pretrain.task_mix's proportions), so RL on image
+    # tokens does not wear away what the shared weights know about answering. 0 turns it off.
+    replay_weight: float = 1.0
+    replay_batch_size: int = 16
     guidance_scale: float = 3.0              # rollouts sample as evaluation does, with guidance
     image_guidance_scale: float = 1.5
     temperature: float = 1.0                 # exploration: rollouts sample hotter than evaluation

@@ -22,7 +22,6 @@ from pathlib import Path
 
 from arm.config import ArmConfig, to_yaml
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def lineage(cfg: ArmConfig, stage: str) -> dict:
@@ -71,9 +70,14 @@ def package_stage(cfg: ArmConfig) -> dict:
     model_tag = str(stored.tag)
     print(f"package: saved {model_tag} to the BentoML model store", file=sys.stderr)
 
+    # The build context is the project root (where DVC runs stages): the Bento carries its arm/ and bentos/.
+    root = Path.cwd()
+    bentofile = root / "bentos" / "bentofile.yaml"
+    if not bentofile.is_file():
+        raise ValueError(f"{bentofile} not found; run `arm package` from the project root (where dvc.yaml is)")
     env = dict(os.environ, ARM_MODEL_TAG=model_tag, BENTOML_DO_NOT_TRACK="true")
-    build = subprocess.run([_bentoml(), "build", "-f", str(REPO / "bentos" / "bentofile.yaml"), "--output", "tag",
-                            str(REPO)], capture_output=True, text=True, env=env, cwd=REPO)
+    build = subprocess.run([_bentoml(), "build", "-f", str(bentofile), "--output", "tag", str(root)],
+                           capture_output=True, text=True, env=env, cwd=root)
     if build.returncode != 0:
         raise RuntimeError(f"bentoml build failed:\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}")
     bento_tag = build.stdout.strip().splitlines()[-1].replace("__tag__:", "").strip()

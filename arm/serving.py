@@ -14,6 +14,7 @@ into HTTP 400.
 from __future__ import annotations
 
 import io
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -129,3 +130,53 @@ def generate_batch(pipe, requests: list[GenerationRequest]) -> list[np.ndarray]:
     images = pipe.decode_codes(torch.cat(codes))
     owners_array = np.asarray(owners)
     return [images[owners_array == k] for k in range(len(requests))]
+
+
+@contextmanager
+def local_server(bento: str, env: dict | None = None, timeout: float = 180.0, log=None):
+    """`bentoml serve <bento>` on a free loopback port, yielding its URL once /readyz answers; stopped
+    with all its workers (own process group) on exit. For smoke tests and benchmarks.
+
+    >>> # with local_server("arm:latest") as url: httpx.post(f"{url}/generate", json={"prompt": "a red circle"})
+    """
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    found = Path(sys.executable).parent / "bentoml"
+    proc = subprocess.Popen([str(found) if found.exists() else "bentoml", "serve", bento, "--host", "127.0.0.1",
+                             "--port", str(port)], stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                            env={**os.environ, **(env or {})}, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"bentoml serve {bento} exited with {proc.returncode}; is the Bento built "
+                                   "(`arm package`, `bentoml list`)?")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"bentoml serve {bento} was not ready within {timeout:.0f} s")
+            time.sleep(1)
+        yield url, proc
+    finally:
+        for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(proc.pid, sig)
+                proc.wait(timeout=wait)
+                break
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                continue

@@ -21,6 +21,20 @@ from pathlib import Path
 COLUMNS = ("gen/acc", "gen/knowledge_seen", "gen/knowledge_heldout", "edit/g_sc", "edit/g_pq", "edit/g_o", "und/acc")
 
 
+def lifecycle_run(cfg, mode: str, seed: int, overrides: list[str]) -> bool:
+    """Whether `dvc repro` already trained and evaluated this run: same mode and seed, no overrides, and
+    an evaluation of the full test split of that model with the configured sampling."""
+    import json
+
+    e = cfg.evaluate
+    metrics = cfg.stage_dir("evaluate") / "metrics.json"
+    if overrides or mode != cfg.rl.mode or seed != cfg.rl.seed or e.model != "rl" or e.limit is not None:
+        return False
+    if not (cfg.stage_dir("rl") / "metrics.json").exists() or not metrics.exists():
+        return False
+    return "test" in e.splits and json.loads(metrics.read_text()).get("gen/count", 0) > 0
+
+
 def table(rows: dict[str, dict], seed: int) -> str:
     """rows: {label: {metric: {"b", "delta", "low", "high", "significant"}}} -> markdown."""
     lines = [f"Seed {seed} (value; for RL rows the change from base and its 95% interval, * = beyond the interval)",
@@ -60,7 +74,11 @@ def main() -> None:
     limit = [f"evaluate.limit={args.limit}"] if args.limit else []
     evaluation = ["evaluate.splits=[test]", "evaluate.tokenizer_images=0", *limit]
 
+    evaluations: dict[str, Path] = {}
+
     def evaluated(model: Path, name: str) -> Path:
+        if name in evaluations:
+            return evaluations[name]
         out = work / f"eval-{name}"
         if not (out / "per_sample.jsonl").exists():
             evaluate_stage(load_config(args.config, [*args.overrides, *evaluation, f"evaluate.model={model}",
@@ -77,7 +95,12 @@ def main() -> None:
         for mode in args.modes:
             name = f"{mode}-seed{seed}"
             folder = work / name
-            if not (folder / "metrics.json").exists():
+            if lifecycle_run(cfg, mode, seed, args.overrides):
+                # The lifecycle's own RL run is this very configuration: reuse it and its evaluation
+                # (the same test records, sampling seed and settings), rather than train it twice.
+                folder, evaluations[name] = cfg.stage_dir("rl"), cfg.stage_dir("evaluate")
+                print(f"synergy: {name} is the lifecycle's run ({folder}, {evaluations[name]})")
+            elif not (folder / "metrics.json").exists():
                 started = time.monotonic()
                 rl_stage(load_config(args.config, [*args.overrides, f"rl.mode={mode}", f"rl.seed={seed}",
                                                    f"rl.out_dir={folder}", f"run.log_dir={work / 'logs'}"]))

@@ -51,7 +51,8 @@ def test_code_logprobs_match_a_full_forward_of_each_sequence_alone(pretrained):
     g = torch.Generator().manual_seed(0)
     codes = torch.randint(0, vocab.codebook_size, (3, info.grid ** 2), generator=g)
     prefixes = [[vocab[T2I], 5, 6, vocab[SOI]], [vocab[T2I], vocab[SOI]], [vocab[T2I], 7, 8, 9, 10, vocab[SOI]]]
-    logp, entropy = code_logprobs(model, prefixes, codes, vocab)     # left-padded batch
+    with torch.no_grad():
+        logp, entropy = code_logprobs(model, prefixes, codes, vocab)     # left-padded batch
     lo, hi = vocab.image_offset, vocab.image_offset + vocab.codebook_size
     for row, prefix in enumerate(prefixes):
         ids = torch.tensor([prefix + (codes[row] + lo).tolist()])
@@ -107,7 +108,7 @@ def test_a_users_reward_from_config_and_equal_rewards_leave_the_policy_unchanged
     from arm.rl.stage import rl_stage
 
     cfg = _config(pretrained, f"rl.out_dir={tmp_path / 'rl'}", "rl.rewards={tests.test_rl:constant_reward: 1.0, instruction: 0, consistency: 0, quality: 0}",
-                  "rl.beta=0.0", "rl.sample_every_steps=0")
+                  "rl.beta=0.0", "rl.replay_weight=0", "rl.sample_every_steps=0")
     metrics = rl_stage(cfg)
     assert metrics["reward/t2i/tests.test_rl:constant_reward/last"] == 0.5
     before, after = _weights(cfg.stage_dir("pretrain")), _weights(cfg.stage_dir("rl"))

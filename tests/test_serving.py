@@ -5,12 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import io
-import os
 import re
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -55,12 +50,6 @@ def test_text_and_number_checks():
 # --- the real server ----------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def packaged(tmp_path_factory, tiny_world, pretrained_stages):
     """`arm package` of the tiny pretrained model: a model in the store and a built, exported Bento."""
@@ -74,34 +63,12 @@ def packaged(tmp_path_factory, tiny_world, pretrained_stages):
 
 @pytest.fixture(scope="module")
 def server(packaged, tmp_path_factory):
-    port = _free_port()
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    bentoml = str(Path(sys.executable).parent / "bentoml")
-    with open(log, "w") as out:
-        proc = subprocess.Popen([bentoml, "serve", packaged["bento_tag"], "--host", "127.0.0.1", "--port", str(port)],
-                                stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))
-    url = f"http://127.0.0.1:{port}"
-    import httpx
+    """The built Bento served on loopback (`bentoml serve arm:<version>`), as a user serves it."""
+    from arm.serving import local_server
 
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"bentoml serve exited:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    else:
-        proc.kill()
-        raise RuntimeError(f"bentoml serve not ready in 180 s:\n{log.read_text()[-3000:]}")
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with open(log, "w") as out, local_server(packaged["bento_tag"], log=out) as (url, _):
+        yield url
 
 
 def test_package_lists_the_bento_and_the_model(packaged):

@@ -17,6 +17,7 @@ import json
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -46,6 +47,21 @@ def reward_summary(history: list[dict]) -> dict[str, float]:
     return out
 
 
+def understanding_replay(cfg: ArmConfig, info, text_tokenizer):
+    """Batches of understanding sequences from the training split (the pretraining mix's vqa, caption
+    and text shares), one per RL step, no condition dropout."""
+    from arm.model.data import DESCRIBE, TaskMixBatches, TaskRecords
+
+    if not (cfg.stage_dir("encode") / "summary.json").exists():
+        raise ValueError(f"rl.replay_weight > 0 needs the image codes in {cfg.stage_dir('encode')}; run `arm encode` "
+                         "or set rl.replay_weight=0")
+    records = TaskRecords(cfg.stage_dir("prepare"), cfg.stage_dir("encode"), "train")
+    mix = {t: w for t, w in cfg.pretrain.task_mix.items() if t in ("vqa", "caption", "text") and w > 0}
+    describe_ids = text_tokenizer.encode(DESCRIBE, add_special_tokens=False).ids
+    return TaskMixBatches(records, info.vocab(), describe_ids, mix, cfg.rl.replay_batch_size, cfg.rl.max_steps,
+                          cfg.rl.seed + 1, p_drop=0.0)
+
+
 def rl_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict | None:
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
@@ -59,6 +75,8 @@ def rl_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict | None:
     from arm.tokenizer.model import VisualTokenizer
 
     quiet_lightning()
+    # Checkpoints hold the weights after each step's update, which is what resuming needs.
+    warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
     r = cfg.rl
     started = time.monotonic()
     source, out = init_dir(cfg), cfg.stage_dir("rl")
@@ -72,19 +90,22 @@ def rl_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict | None:
     reward_fn = combined_reward(dict(r.rewards))
 
     stamp = fingerprint(asdict(r), source / "model.safetensors", cfg.stage_dir("prepare") / "summary.json",
-                        *source_files("rl", "generate.py", "pipeline.py", "world"))
+                        cfg.stage_dir("encode") / "summary.json",
+                        *source_files("rl", "generate.py", "pipeline.py", "world", "model"), extra=str(cfg.pretrain.task_mix))
     resume, start_step = resume_point(ckpt_dir, stamp, "rl")
     prompts = RLPrompts(cfg.stage_dir("prepare"), r.mode, r.prompts_per_step, r.max_steps, r.seed,
                         start_step=start_step // r.inner_updates)
     print(f"rl: {r.mode} from {source}, {r.max_steps} steps x {r.prompts_per_step} prompts x {r.group_size} "
           f"samples; prompts available {({k: len(v) for k, v in prompts.prompts.items()})}", file=sys.stderr)
+    replay = understanding_replay(cfg, info, text_tokenizer) if r.replay_weight > 0 else None
     settings = GRPOSettings(
         group_size=r.group_size, inner_updates=r.inner_updates, micro_batch_size=r.micro_batch_size, lr=r.lr,
         warmup_steps=r.warmup_steps, weight_decay=r.weight_decay, grad_clip=r.grad_clip, beta=r.beta, clip_eps=r.clip_eps,
+        replay_weight=r.replay_weight,
         guidance_scale=r.guidance_scale, image_guidance_scale=r.image_guidance_scale, temperature=r.temperature,
         top_k=r.top_k, sample_every_steps=r.sample_every_steps, seed=r.seed)
     total_updates = r.max_steps * r.inner_updates
-    module = GRPOModule(model, reference, visual, info, text_tokenizer, reward_fn, settings, total_updates)
+    module = GRPOModule(model, reference, visual, info, text_tokenizer, reward_fn, settings, total_updates, replay)
     loader = torch.utils.data.DataLoader(prompts, batch_size=None, shuffle=False)
     strategy = "auto"
     if r.strategy == "ddp":

@@ -7,6 +7,8 @@
                 the frozen reference and, with several inner updates, the rollout-time policy
     4. loss     per token -min(ratio A, clip(ratio) A) + beta KL_k3(policy || reference), averaged per
                 sequence then over sequences (objective.grpo_loss); `inner_updates` optimiser steps
+    5. replay   (optional) + replay_weight x next-token loss on a batch of understanding sequences
+                (PPO-ptx), so the shared weights keep answering questions while image spans change
 
 The reference model and the visual tokenizer are held outside the module's parameters: they are neither
 trained nor saved in checkpoints (the stage rebuilds them from their folders).
@@ -39,6 +41,7 @@ class GRPOSettings:
     grad_clip: float = 1.0
     beta: float = 0.01
     clip_eps: float = 0.2
+    replay_weight: float = 0.0
     guidance_scale: float = 3.0
     image_guidance_scale: float = 1.5
     temperature: float = 1.0
@@ -84,9 +87,10 @@ def code_logprobs(model, prefixes: list[list[int]], codes: torch.Tensor, vocab,
 
 class GRPOModule(L.LightningModule):
     def __init__(self, model, reference, visual_tokenizer, info, text_tokenizer, reward_fn, settings: GRPOSettings,
-                 max_steps: int):
+                 max_steps: int, replay=None):
         super().__init__()
         self.model = model
+        self.replay = replay  # step -> a batch of understanding sequences (arm.model.data.TaskMixBatches)
         self.settings, self.max_steps = settings, max_steps
         self.info, self.text_tokenizer, self.reward_fn = info, text_tokenizer, reward_fn
         # Not submodules: frozen, not optimised, not checkpointed.
@@ -188,11 +192,23 @@ class GRPOModule(L.LightningModule):
                 for key, value in (("loss", terms.loss), ("kl", terms.kl), ("clip_fraction", terms.clip_fraction),
                                    ("entropy", entropy.mean())):
                     totals[key] += float(value.detach()) * weight
+            if self.replay is not None and s.replay_weight > 0:
+                totals["replay_loss"] = float(self._replay_step(step))
             if s.grad_clip:
                 self.clip_gradients(opt, gradient_clip_val=s.grad_clip, gradient_clip_algorithm="norm")
             opt.step()
             schedule.step()
         self._log_step(roll, rewards, totals, rollout_seconds, time.perf_counter() - started, step)
+
+    def _replay_step(self, step: int) -> torch.Tensor:
+        """Backpropagate replay_weight x the next-token loss of this step's understanding batch."""
+        from arm.model.train import next_token_loss
+
+        batch = self.replay[step]
+        ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+        loss = next_token_loss(self.model(input_ids=ids, attention_mask=mask).logits, batch["labels"].to(self.device))
+        self.manual_backward(self.settings.replay_weight * loss)
+        return loss.detach()
 
     # --- what a person watches ----------------------------------------------------------------------------
 
