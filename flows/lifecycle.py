@@ -98,7 +98,44 @@ def lifecycle(stages: list[str] | None = None, config: str = "configs/default.ya
     for stage in STAGES:
         if stage in stages:
             results[stage] = run_stage(stage, repo)
+    if "evaluate" in stages:
+        publish_scores(repo)
     return results
+
+
+HEADLINE = (("gen/acc", "generation accuracy"), ("gen/knowledge_heldout", "knowledge score, held-out things"),
+            ("edit/g_sc", "edit G_SC"), ("edit/g_pq", "edit G_PQ"), ("edit/g_o", "edit G_O"),
+            ("und/acc", "understanding accuracy"), ("tok/psnr", "tokenizer PSNR (dB)"),
+            ("tok/exact_recovery", "tokenizer exact scene recovery"))
+
+
+def scores_markdown(repo: str) -> str | None:
+    """The evaluation's headline scores with their 95% intervals, as a markdown table (None if absent)."""
+    import json
+
+    folder = Path(repo) / "artifacts" / "evaluate"
+    if not (folder / "metrics.json").is_file():
+        return None
+    metrics = json.loads((folder / "metrics.json").read_text())
+    intervals = json.loads((folder / "scores.json").read_text()) if (folder / "scores.json").is_file() else {}
+    rows = ["| score | test | 95% interval | n |", "| --- | --- | --- | --- |"]
+    for key, label in HEADLINE:
+        if key in metrics:
+            ci = intervals.get(key)
+            span = f"[{ci['low']:.3f}, {ci['high']:.3f}]" if ci else "-"
+            rows.append(f"| {label} (`{key}`) | {metrics[key]:.3f} | {span} | {ci['n'] if ci else '-'} |")
+    return "\n".join(rows)
+
+
+@task(name="publish-scores")
+def publish_scores(repo: str) -> None:
+    """The evaluation table as a Prefect markdown artifact (shown on the flow run's page)."""
+    from prefect.artifacts import create_markdown_artifact
+
+    table = scores_markdown(repo)
+    if table:
+        create_markdown_artifact(markdown="## arm evaluation (world test split)\n\n" + table, key="arm-evaluation",
+                                 description="headline world scores of the evaluated model")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,6 +145,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     results = lifecycle(stages=args.stages, config=args.config)
     print("lifecycle finished: " + ", ".join(f"{k} {v}" for k, v in results.items()))
+    table = scores_markdown(str(REPO))
+    if table:
+        print("\n" + table + "\n")
+    report, package = REPO / "artifacts" / "evaluate" / "report.html", REPO / "artifacts" / "package" / "package.json"
+    if report.is_file():
+        print(f"evaluation report: {report}")
+    if package.is_file():
+        import json
+
+        info = json.loads(package.read_text())
+        print(f"Bento: {info['bento_tag']} (exported to {info['bento_file']})\n"
+              f"serve it:  bentoml serve {info['bento_tag']} --port 3000\n"
+              "then:      curl -X POST localhost:3000/generate -H 'content-type: application/json' "
+              "-d '{\"prompt\": \"a large red circle at the center\"}' -o out.png")
     return 0
 
 
