@@ -100,6 +100,23 @@ def _bad_request(error: Exception) -> bentoml.exceptions.InvalidArgument:
     return bentoml.exceptions.InvalidArgument(str(error))
 
 
+async def _with_retry(call, *args, attempts: int = 3):
+    """Call the model service, again if the connection drops before an answer. Under load a pooled
+    keep-alive connection can be closed by the model server just as it is reused ("Server
+    disconnected"); every call here is idempotent (seeded), so repeating it is safe."""
+    import asyncio
+
+    import aiohttp
+
+    for attempt in range(attempts):
+        try:
+            return await call(*args)
+        except aiohttp.ClientConnectionError:
+            if attempt == attempts - 1:
+                raise bentoml.exceptions.ServiceUnavailable("the model service dropped the connection; retry")
+            await asyncio.sleep(0.05 * (attempt + 1))
+
+
 @bentoml.service(name="arm", workers=1, traffic={"timeout": 600, "concurrency": 64})
 class ARM:
     model = bentoml.depends(ARMModel)
@@ -109,7 +126,7 @@ class ARM:
 
     async def _size(self) -> int:
         if self._image_size is None:
-            self._image_size = await self.model.to_async.image_size_px()
+            self._image_size = await _with_retry(self.model.to_async.image_size_px)
         return self._image_size
 
     async def _read(self, image: Path) -> str:
@@ -139,7 +156,7 @@ class ARM:
             request = check_generation(GenerationRequest(prompt, num_images, guidance_scale, temperature, top_k, seed))
         except RequestError as e:
             raise _bad_request(e)
-        (images,) = await self.model.to_async.generate_batch([request.__dict__])
+        (images,) = await _with_retry(self.model.to_async.generate_batch, [request.__dict__])
         return _strip([_from_b64(b) for b in images])
 
     @bentoml.api
@@ -159,7 +176,8 @@ class ARM:
         except RequestError as e:
             raise _bad_request(e)
         source = await self._read(image)
-        edited = await self.model.to_async.edit_one(source, instruction, text_guidance, image_guidance, seed)
+        edited = await _with_retry(self.model.to_async.edit_one, source, instruction, text_guidance, image_guidance,
+                                   seed)
         return to_png(_from_b64(edited))
 
     @bentoml.api
@@ -170,4 +188,4 @@ class ARM:
         except RequestError as e:
             raise _bad_request(e)
         source = await self._read(image)
-        return {"answer": await self.model.to_async.understand_one(source, question)}
+        return {"answer": await _with_retry(self.model.to_async.understand_one, source, question)}
