@@ -221,7 +221,7 @@ class RLConfig:
     precision: str = "32-true"
     accelerator: str = "auto"
     devices: int = 1
-    strategy: str = "auto"                   # auto | ddp (each process its own prompts; gradients averaged)
+    strategy: str = "auto"                   # auto (one device); multi-device RL is not wired yet
     sample_every_steps: int = 50             # TensorBoard grids of the best and worst sample of groups; 0 = off
     checkpoint_every_steps: int = 50
     seed: int = 0
@@ -234,8 +234,9 @@ class RLConfig:
                              f"got {self.group_size}")
         if self.mode == "joint" and self.prompts_per_step < 2:
             raise ValueError("rl.prompts_per_step must be at least 2 in joint mode (one of each task)")
-        if self.strategy not in ("auto", "ddp"):
-            raise ValueError(f"rl.strategy must be auto or ddp, got {self.strategy!r}")
+        if self.strategy != "auto" or self.devices != 1:
+            raise ValueError("rl runs on one device for now (rl.strategy=auto, rl.devices=1); multi-device RL "
+                             "(DDP / FSDP2 as in pretrain) is not wired yet")
         if not any(self.rewards.values()):
             raise ValueError("rl.rewards must give at least one reward a non-zero weight")
 

@@ -107,14 +107,9 @@ def rl_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict | None:
     total_updates = r.max_steps * r.inner_updates
     module = GRPOModule(model, reference, visual, info, text_tokenizer, reward_fn, settings, total_updates, replay)
     loader = torch.utils.data.DataLoader(prompts, batch_size=None, shuffle=False)
-    strategy = "auto"
-    if r.strategy == "ddp":
-        from lightning.pytorch.strategies import DDPStrategy
-
-        strategy = DDPStrategy(find_unused_parameters=False)
     log_name = "rl" if not r.out_dir else f"rl-{out.name}"
     trainer = L.Trainer(
-        max_steps=total_updates, max_epochs=-1, accelerator=r.accelerator, devices=r.devices, strategy=strategy,
+        max_steps=total_updates, max_epochs=-1, accelerator=r.accelerator, devices=r.devices,
         precision=r.precision, use_distributed_sampler=False,
         logger=TensorBoardLogger(cfg.run.log_dir, name=log_name, version="", default_hp_metric=False),
         callbacks=[ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
