@@ -20,7 +20,9 @@ def trained(tmp_path_factory, tiny_world, pretrained_stages):
     from arm.config import load_config
     from tests.conftest import copy_stages, tiny_overrides
 
-    artifacts = copy_stages(pretrained_stages, tmp_path_factory.mktemp("trained"))
+    # With the training logs: a test reads the sample grids pretraining wrote to TensorBoard.
+    artifacts = copy_stages(pretrained_stages, tmp_path_factory.mktemp("trained"),
+                            ("prepare", "tokenizer", "encode", "pretrain", "logs"))
     return load_config("configs/default.yaml", tiny_overrides(tiny_world, artifacts))
 
 
