@@ -299,6 +299,11 @@ class ArmConfig:
         custom = {"rl": self.rl.out_dir, "evaluate": self.evaluate.out_dir}.get(stage)
         return Path(custom) if custom else self.artifacts / stage
 
+    def model_dir(self, name: str) -> Path:
+        """A unified model named in config (`evaluate.model`, `rl.init`, `package.model`): the output of
+        the `pretrain` or `rl` stage, or else a folder path."""
+        return self.stage_dir(name) if name in ("pretrain", "rl") else Path(name)
+
     @property
     def manifest_path(self) -> Path:
         return Path(self.data.root) / self.data.manifest

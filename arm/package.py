@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from arm.config import ArmConfig, to_yaml
+from arm.serving import bentoml_executable
 
 
 
@@ -46,16 +47,11 @@ def lineage(cfg: ArmConfig, stage: str) -> dict:
     return out
 
 
-def _bentoml() -> str:
-    found = Path(sys.executable).parent / "bentoml"
-    return str(found) if found.exists() else "bentoml"
-
-
 def package_stage(cfg: ArmConfig) -> dict:
     import bentoml
 
     pk = cfg.package
-    model_dir = cfg.stage_dir(pk.model) if pk.model in ("pretrain", "rl") else Path(pk.model)
+    model_dir = cfg.model_dir(pk.model)
     tokenizer_dir, out = cfg.stage_dir("tokenizer"), cfg.stage_dir("package")
     for folder, stage in ((model_dir, pk.model), (tokenizer_dir, "tokenizer")):
         if not (folder / "model.safetensors").is_file():
@@ -76,7 +72,7 @@ def package_stage(cfg: ArmConfig) -> dict:
     if not bentofile.is_file():
         raise ValueError(f"{bentofile} not found; run `arm package` from the project root (where dvc.yaml is)")
     env = dict(os.environ, ARM_MODEL_TAG=model_tag, BENTOML_DO_NOT_TRACK="true")
-    build = subprocess.run([_bentoml(), "build", "-f", str(bentofile), "--output", "tag", str(root)],
+    build = subprocess.run([bentoml_executable(), "build", "-f", str(bentofile), "--output", "tag", str(root)],
                            capture_output=True, text=True, env=env, cwd=root)
     if build.returncode != 0:
         raise RuntimeError(f"bentoml build failed:\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}")
@@ -84,7 +80,7 @@ def package_stage(cfg: ArmConfig) -> dict:
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    export = subprocess.run([_bentoml(), "export", bento_tag, str((out / "arm.bento").resolve())], capture_output=True, text=True,
+    export = subprocess.run([bentoml_executable(), "export", bento_tag, str((out / "arm.bento").resolve())], capture_output=True, text=True,
                             env=env)
     if export.returncode != 0:
         raise RuntimeError(f"bentoml export failed:\n{export.stderr[-3000:]}")

@@ -132,6 +132,15 @@ def generate_batch(pipe, requests: list[GenerationRequest]) -> list[np.ndarray]:
     return [images[owners_array == k] for k in range(len(requests))]
 
 
+def bentoml_executable() -> str:
+    """The `bentoml` beside this Python (the project's environment), else the one on PATH."""
+    import sys
+    from pathlib import Path
+
+    beside = Path(sys.executable).parent / "bentoml"
+    return str(beside) if beside.exists() else "bentoml"
+
+
 @contextmanager
 def local_server(bento: str, env: dict | None = None, timeout: float = 180.0, log=None):
     """`bentoml serve <bento>` on a free loopback port, yielding its URL once /readyz answers; stopped
@@ -143,17 +152,14 @@ def local_server(bento: str, env: dict | None = None, timeout: float = 180.0, lo
     import signal
     import socket
     import subprocess
-    import sys
     import time
-    from pathlib import Path
 
     import httpx
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    found = Path(sys.executable).parent / "bentoml"
-    proc = subprocess.Popen([str(found) if found.exists() else "bentoml", "serve", bento, "--host", "127.0.0.1",
+    proc = subprocess.Popen([bentoml_executable(), "serve", bento, "--host", "127.0.0.1",
                              "--port", str(port)], stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT,
                             env={**os.environ, **(env or {})}, start_new_session=True)
     url = f"http://127.0.0.1:{port}"

@@ -86,7 +86,7 @@ def main() -> None:
         return out
 
     cfg = load_config(args.config, args.overrides)
-    base = evaluated(cfg.stage_dir(cfg.rl.init) if cfg.rl.init in ("pretrain", "rl") else Path(cfg.rl.init), "base")
+    base = evaluated(cfg.model_dir(cfg.rl.init), "base")
     result = {"config": args.config, "overrides": args.overrides, "rl_steps": cfg.rl.max_steps,
               "samples_per_run": cfg.rl.max_steps * cfg.rl.prompts_per_step * cfg.rl.group_size, "runs": {}}
     tables = []

@@ -25,11 +25,6 @@ from pathlib import Path
 from arm.config import ArmConfig
 
 
-def model_dir(cfg: ArmConfig) -> Path:
-    e = cfg.evaluate
-    return cfg.stage_dir(e.model) if e.model in ("pretrain", "rl") else Path(e.model)
-
-
 def write_plots(folder: Path, split: str, estimates: dict) -> None:
     """Per-group rows for DVC plots: gen (category, acc), edit (type, g_sc, g_pq, g_o), und (type, acc)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -62,7 +57,7 @@ def evaluate_stage(cfg: ArmConfig) -> dict:
 
     e = cfg.evaluate
     started = time.monotonic()
-    pipe = Pipeline.load(model_dir(cfg), cfg.stage_dir("tokenizer"), batch_size=e.batch_size)
+    pipe = Pipeline.load(cfg.model_dir(e.model), cfg.stage_dir("tokenizer"), batch_size=e.batch_size)
     settings = EvalSettings(limit=e.limit, samples_per_prompt=e.samples_per_prompt,
                             guidance=Guidance(e.guidance_scale, e.image_guidance_scale), temperature=e.temperature,
                             top_k=e.top_k, seed=e.seed)
@@ -102,7 +97,7 @@ def evaluate_stage(cfg: ArmConfig) -> dict:
     (out / "scores.json").write_text(json.dumps(intervals, indent=2, sort_keys=True) + "\n")
     with open(out / "per_sample.jsonl", "w", encoding="utf-8") as f:  # for `arm evaluate --compare`
         f.writelines(json.dumps(row, sort_keys=True) + "\n" for row in per_sample)
-    meta = {"model": str(model_dir(cfg)), "tokenizer": str(cfg.stage_dir("tokenizer")),
+    meta = {"model": str(cfg.model_dir(e.model)), "tokenizer": str(cfg.stage_dir("tokenizer")),
             "guidance": f"text {e.guidance_scale}, image {e.image_guidance_scale}",
             "sampling": f"temperature {e.temperature}, top-k {e.top_k or 'off'}, seed {e.seed}",
             "samples per prompt": e.samples_per_prompt, "intervals": "95% bootstrap, 1,000 resamples"}

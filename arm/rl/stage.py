@@ -19,18 +19,12 @@ import sys
 import time
 import warnings
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from arm.checkpoints import fingerprint, resume_point, source_files, stop_at
 from arm.config import ArmConfig
-
-
-def init_dir(cfg: ArmConfig) -> Path:
-    """The model RL starts from: a stage's output (`pretrain`) or a folder."""
-    return cfg.stage_dir(cfg.rl.init) if cfg.rl.init in ("pretrain", "rl") else Path(cfg.rl.init)
 
 
 def reward_summary(history: list[dict]) -> dict[str, float]:
@@ -71,7 +65,7 @@ def rl_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict | None:
     from arm.progress import quiet_lightning, training_progress
     from arm.rl.data import RLPrompts
     from arm.rl.rewards import combined_reward
-    from arm.rl.train import GRPOModule, GRPOSettings
+    from arm.rl.train import GRPOModule
     from arm.tokenizer.model import VisualTokenizer
 
     quiet_lightning()
@@ -79,7 +73,7 @@ def rl_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict | None:
     warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
     r = cfg.rl
     started = time.monotonic()
-    source, out = init_dir(cfg), cfg.stage_dir("rl")
+    source, out = cfg.model_dir(r.init), cfg.stage_dir("rl")
     ckpt_dir = out / "checkpoints" if r.out_dir else cfg.artifacts / "checkpoints" / "rl"
     if out.resolve() == source.resolve():
         raise ValueError(f"rl.out_dir {out} is the folder RL starts from; choose another folder")
@@ -98,14 +92,8 @@ def rl_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict | None:
     print(f"rl: {r.mode} from {source}, {r.max_steps} steps x {r.prompts_per_step} prompts x {r.group_size} "
           f"samples; prompts available {({k: len(v) for k, v in prompts.prompts.items()})}", file=sys.stderr)
     replay = understanding_replay(cfg, info, text_tokenizer) if r.replay_weight > 0 else None
-    settings = GRPOSettings(
-        group_size=r.group_size, inner_updates=r.inner_updates, micro_batch_size=r.micro_batch_size, lr=r.lr,
-        warmup_steps=r.warmup_steps, weight_decay=r.weight_decay, grad_clip=r.grad_clip, beta=r.beta, clip_eps=r.clip_eps,
-        replay_weight=r.replay_weight,
-        guidance_scale=r.guidance_scale, image_guidance_scale=r.image_guidance_scale, temperature=r.temperature,
-        top_k=r.top_k, sample_every_steps=r.sample_every_steps, seed=r.seed)
     total_updates = r.max_steps * r.inner_updates
-    module = GRPOModule(model, reference, visual, info, text_tokenizer, reward_fn, settings, total_updates, replay)
+    module = GRPOModule(model, reference, visual, info, text_tokenizer, reward_fn, r, replay)
     loader = torch.utils.data.DataLoader(prompts, batch_size=None, shuffle=False)
     log_name = "rl" if not r.out_dir else f"rl-{out.name}"
     trainer = L.Trainer(

@@ -23,31 +23,12 @@ import lightning as L
 import numpy as np
 import torch
 
+from arm.config import RLConfig
 from arm.generate import Sampling, left_pad
 from arm.rl.data import Prompt
 from arm.rl.objective import grpo_loss, group_advantages
 from arm.rl.rewards import RewardSample
 from arm.schedules import warmup_cosine
-
-
-@dataclass
-class GRPOSettings:
-    group_size: int = 8
-    inner_updates: int = 1
-    micro_batch_size: int = 64
-    lr: float = 1e-4
-    warmup_steps: int = 10
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    beta: float = 0.01
-    clip_eps: float = 0.2
-    replay_weight: float = 0.0
-    guidance_scale: float = 3.0
-    image_guidance_scale: float = 1.5
-    temperature: float = 1.0
-    top_k: int = 0
-    sample_every_steps: int = 50
-    seed: int = 0
 
 
 @dataclass
@@ -86,12 +67,12 @@ def code_logprobs(model, prefixes: list[list[int]], codes: torch.Tensor, vocab,
 
 
 class GRPOModule(L.LightningModule):
-    def __init__(self, model, reference, visual_tokenizer, info, text_tokenizer, reward_fn, settings: GRPOSettings,
-                 max_steps: int, replay=None):
+    def __init__(self, model, reference, visual_tokenizer, info, text_tokenizer, reward_fn, settings: RLConfig,
+                 replay=None):
         super().__init__()
         self.model = model
         self.replay = replay  # step -> a batch of understanding sequences (arm.model.data.TaskMixBatches)
-        self.settings, self.max_steps = settings, max_steps
+        self.settings = settings  # the config's `rl` section
         self.info, self.text_tokenizer, self.reward_fn = info, text_tokenizer, reward_fn
         # Not submodules: frozen, not optimised, not checkpointed.
         self._frozen = {"reference": reference.eval().requires_grad_(False),
@@ -262,6 +243,6 @@ class GRPOModule(L.LightningModule):
         s = self.settings
         opt = torch.optim.AdamW(self.model.parameters(), lr=s.lr, weight_decay=s.weight_decay, betas=(0.9, 0.95))
         # Warmup, then constant: RL runs are short and are judged at their end.
-        schedule = warmup_cosine(s.warmup_steps * s.inner_updates, self.max_steps, constant=True)
+        schedule = warmup_cosine(s.warmup_steps * s.inner_updates, s.max_steps * s.inner_updates, constant=True)
         return {"optimizer": opt,
                 "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, schedule), "interval": "step"}}
