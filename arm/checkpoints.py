@@ -44,7 +44,16 @@ def resume_point(ckpt_dir: Path, stamp: str, label: str) -> tuple[Path | None, i
     resume = last if last.exists() and stamp_file.exists() and stamp_file.read_text() == stamp else None
     # A sharded (FSDP) checkpoint is a folder whose meta.pt holds the loop state.
     meta = resume / "meta.pt" if resume is not None and resume.is_dir() else resume
-    start_step = int(torch.load(meta, map_location="cpu", weights_only=False)["global_step"]) if resume else 0
+    start_step = 0
+    if resume is not None:
+        try:
+            start_step = int(torch.load(meta, map_location="cpu", weights_only=False)["global_step"])
+        except Exception as e:  # killed while writing it: keep the bytes for a post-mortem, start afresh
+            kept = resume.with_name(resume.name + ".unreadable")
+            resume.replace(kept)
+            print(f"{label}: {resume} is unreadable ({type(e).__name__}: {e}); it was probably being written "
+                  f"when the run stopped. Moved to {kept}; training starts from step 0", file=sys.stderr)
+            resume = None
     if resume:
         print(f"{label}: resuming from {resume} at step {start_step}", file=sys.stderr)
     ckpt_dir.mkdir(parents=True, exist_ok=True)

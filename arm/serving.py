@@ -149,16 +149,14 @@ def local_server(bento: str, env: dict | None = None, timeout: float = 180.0, lo
     >>> # with local_server("arm:latest") as url: httpx.post(f"{url}/generate", json={"prompt": "a red circle"})
     """
     import os
-    import signal
-    import socket
     import subprocess
     import time
 
     import httpx
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from arm.processes import free_port, stop_group
+
+    port = free_port()
     proc = subprocess.Popen([bentoml_executable(), "serve", bento, "--host", "127.0.0.1",
                              "--port", str(port)], stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT,
                             env={**os.environ, **(env or {})}, start_new_session=True)
@@ -179,10 +177,4 @@ def local_server(bento: str, env: dict | None = None, timeout: float = 180.0, lo
             time.sleep(1)
         yield url, proc
     finally:
-        for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(proc.pid, sig)
-                proc.wait(timeout=wait)
-                break
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                continue
+        stop_group(proc)

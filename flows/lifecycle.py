@@ -5,8 +5,13 @@ run and a plain `dvc repro` alike); Prefect owns orchestration: retries, paramet
 deployments. Stages run in subprocesses so Lightning's multi-process launchers never start inside the
 Prefect process.
 
-    python flows/lifecycle.py                       # the whole lifecycle on configs/default.yaml
+    python flows/lifecycle.py                       # the whole lifecycle on the preset params.yaml names
     python flows/lifecycle.py --stages prepare      # some stages only
+    python flows/lifecycle.py --set pretrain.max_steps=100 --config configs/default.yaml
+
+Another preset or overridden values never become untracked edits: the stages then run as a DVC
+experiment (`dvc exp run -S params.yaml:config=<preset> -S <preset>:<key>=<value>`), which records the
+values with the outputs and metrics (`dvc exp show`) and leaves them applied in the workspace.
 
 With no PREFECT_API_URL set, Prefect starts a temporary local server for the run; with one set, the
 run shows up in that server's UI.
@@ -18,6 +23,7 @@ import argparse
 import os
 import subprocess
 import sys
+import time
 from collections import deque
 from pathlib import Path
 
@@ -41,39 +47,67 @@ class StageFailed(RuntimeError):
     pass
 
 
-def _stage_env() -> dict:
+def _stage_env(repo: str) -> dict:
     """The environment for stage subprocesses: this Python's scripts first on PATH, so `arm` in dvc.yaml
-    resolves to the same installation as the flow."""
+    resolves to the same installation as the flow. DVC experiments are git commits: where git has no
+    identity (a fresh container), they are signed as the lifecycle rather than failing."""
     env = dict(os.environ)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env.setdefault("PYTHONUNBUFFERED", "1")
+    for what in ("name", "email"):
+        known = subprocess.run(["git", "config", f"user.{what}"], cwd=repo, capture_output=True, text=True)
+        if not known.stdout.strip():
+            value = "arm lifecycle" if what == "name" else "arm-lifecycle@localhost"
+            for role in ("AUTHOR", "COMMITTER"):
+                env.setdefault(f"GIT_{role}_{what.upper()}", value)
     return env
 
 
+def pipeline_preset(repo: str | Path) -> str:
+    """The preset dvc.yaml's stages read: `config` in params.yaml."""
+    import yaml
+
+    return yaml.safe_load((Path(repo) / "params.yaml").read_text())["config"]
+
+
+def stage_command(stage: str, config: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """`dvc repro <stage>`, or with another preset or overrides a DVC experiment that records them.
+
+    >>> stage_command("pretrain", "configs/default.yaml", ["pretrain.max_steps=100"])[1:]
+    ['exp', 'run', 'pretrain', '-S', 'params.yaml:config=configs/default.yaml', '-S', 'configs/default.yaml:pretrain.max_steps=100']
+    """
+    if config is None and not overrides:
+        return [dvc_executable(), "repro", stage]
+    config = config or "configs/default.yaml"
+    sets = [f"params.yaml:config={config}", *(f"{config}:{item}" for item in overrides)]
+    return [dvc_executable(), "exp", "run", stage, *(arg for item in sets for arg in ("-S", item))]
+
+
 @task(name="data")
-def data(repo: str, config: str) -> str:
-    """Make sure data/ is there: as is, from the DVC cache, or regenerated from data.dvc."""
+def data(repo: str, config: str | None = None, overrides: list[str] | None = None) -> str:
+    """Check the config and overrides (a mistake stops the run before any stage), then make sure data/ is
+    there: as is, from the DVC cache, or regenerated from data.dvc."""
     from arm.config import load_config
 
     logger = get_run_logger()
     cwd = os.getcwd()
     os.chdir(repo)
     try:
-        cfg = load_config(config)
+        cfg = load_config(config or pipeline_preset(repo), overrides or [])
         return ensure_data(cfg.data.root, cfg.data.manifest, "data.dvc", log=logger.info)
     finally:
         os.chdir(cwd)
 
 
 @task(name="stage", task_run_name="{stage}", retries=1, retry_delay_seconds=5)
-def run_stage(stage: str, repo: str) -> str:
-    """`dvc repro <stage>` with its output streamed into the Prefect log; on failure, the stage's name
-    and the tail of its log."""
+def run_stage(stage: str, repo: str, config: str | None = None, overrides: list[str] | None = None) -> str:
+    """`dvc repro <stage>` (or `dvc exp run`, see stage_command) with its output streamed into the
+    Prefect log; on failure, the stage's name and the tail of its log."""
     logger = get_run_logger()
-    cmd = [dvc_executable(), "repro", stage]
-    logger.info("running %s", " ".join(cmd[1:]))
+    cmd = stage_command(stage, config, overrides or [])
+    logger.info("running dvc %s", " ".join(cmd[1:]))
     tail: deque[str] = deque(maxlen=40)
-    proc = subprocess.Popen(cmd, cwd=repo, env=_stage_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(cmd, cwd=repo, env=_stage_env(repo), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, bufsize=1)
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -88,16 +122,31 @@ def run_stage(stage: str, repo: str) -> str:
 
 
 @flow(name="arm-lifecycle", log_prints=True)
-def lifecycle(stages: list[str] | None = None, config: str = "configs/default.yaml", repo: str = str(REPO)) -> dict:
-    """Run the lifecycle stages in order through DVC; returns {stage: 'ran' | 'skipped'}."""
+def lifecycle(stages: list[str] | None = None, config: str | None = None, overrides: list[str] | None = None,
+              repo: str = str(REPO)) -> dict:
+    """Run the lifecycle stages in order through DVC; returns {stage: 'ran' | 'skipped'}.
+
+    config: a preset (default: the one params.yaml names); overrides: `section.key=value` items. Either
+    makes the stages a DVC experiment that records them.
+
+    >>> # lifecycle(stages=["prepare", "tokenizer"], overrides=["tokenizer.max_steps=500"])
+    """
     stages = list(stages or STAGES)
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise ValueError(f"unknown stages {unknown}; the lifecycle has {list(STAGES)}")
-    results = {"data": data(repo, config)}
+    bad = [item for item in overrides or [] if "=" not in item or "." not in item.split("=", 1)[0]]
+    if bad:
+        raise ValueError(f"overrides must look like section.key=value (e.g. pretrain.max_steps=100), got {bad}")
+    results = {"data": data(repo, config, overrides)}
+    minutes = {}
     for stage in STAGES:
         if stage in stages:
-            results[stage] = run_stage(stage, repo)
+            started = time.monotonic()
+            results[stage] = run_stage(stage, repo, config, overrides)
+            minutes[stage] = (time.monotonic() - started) / 60
+    print("stage timings: " + ", ".join(f"{stage} {results[stage]} in {m:.1f} min" for stage, m in minutes.items())
+          + f"; total {sum(minutes.values()):.1f} min")
     if "evaluate" in stages:
         publish_scores(repo)
     return results
@@ -141,9 +190,11 @@ def publish_scores(repo: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stages", nargs="+", choices=STAGES, help="stages to run (default: all)")
-    parser.add_argument("--config", default="configs/default.yaml")
+    parser.add_argument("--config", help="a preset (default: the one params.yaml names, configs/default.yaml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one value (repeatable); runs the stages as a DVC experiment")
     args = parser.parse_args(argv)
-    results = lifecycle(stages=args.stages, config=args.config)
+    results = lifecycle(stages=args.stages, config=args.config, overrides=args.overrides)
     print("lifecycle finished: " + ", ".join(f"{k} {v}" for k, v in results.items()))
     table = scores_markdown(str(REPO))
     if table:

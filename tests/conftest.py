@@ -149,3 +149,34 @@ def copy_stages(source: Path, dest: Path, stages=("prepare", "tokenizer", "encod
     for stage in stages:
         shutil.copytree(source / stage, dest / stage)
     return dest
+
+
+def run_ok(cmd, cwd: Path, env: dict | None = None) -> str:
+    """Run a command; fail the test with its output if it fails; return stdout + stderr."""
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, f"{cmd} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout + result.stderr
+
+
+TINY_WORLD_ARGS = ["--num-scenes", "60", "--num-eval-scenes", "10", "--num-holdout-scenes", "6", "--seed", "5"]
+
+
+def tiny_project(tmp_path: Path, **sections: dict) -> Path:
+    """A fresh copy of the project whose data.dvc tracks a tiny world instead of the default one, and
+    whose default preset trains tiny models (the stages' commands read configs/default.yaml); `sections`
+    override more values (e.g. pretrain={"max_steps": 300}). Committed, as a user's clone would be."""
+    import yaml
+
+    repo = project_copy(tmp_path / "repo")
+    (repo / "dvc.lock").unlink(missing_ok=True)
+    config = repo / "configs" / "default.yaml"
+    doc = yaml.safe_load(config.read_text())
+    for section, values in tiny_sections().items():
+        doc[section].update(values)
+    for section, values in sections.items():
+        doc[section].update(values)
+    config.write_text(yaml.safe_dump(doc, sort_keys=False))
+    run_ok(["arm", "world", "generate", "--out", "data", "--track", *TINY_WORLD_ARGS], repo)
+    run_ok(["git", "add", "-A"], repo)
+    run_ok(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny world"], repo)
+    return repo

@@ -23,3 +23,12 @@ def test_stage_sources_are_listed_and_a_stale_stamp_is_not_resumed(tmp_path):
     (tmp_path / "fingerprint.txt").write_text("written-by-other-code")
     assert resume_point(tmp_path, "this-code", "demo") == (None, 0)
     assert (tmp_path / "fingerprint.txt").read_text() == "this-code"
+
+
+def test_a_torn_checkpoint_is_set_aside_not_resumed(tmp_path, capsys):
+    """A run killed while it wrote last.ckpt leaves a truncated file: the next run says so and starts over."""
+    (tmp_path / "last.ckpt").write_bytes(b"PK\x03\x04 truncated")
+    (tmp_path / "fingerprint.txt").write_text("same")
+    assert resume_point(tmp_path, "same", "demo") == (None, 0)
+    assert (tmp_path / "last.ckpt.unreadable").is_file() and not (tmp_path / "last.ckpt").exists()
+    assert "unreadable" in capsys.readouterr().err

@@ -63,3 +63,32 @@ def test_bad_override_and_bad_value_are_explained():
         load_config("configs/default.yaml", ["prepare.vocab_size=10"])
     with pytest.raises(ValueError, match="not found"):
         load_config("configs/nope.yaml")
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_preset_sets_every_key_dvc_tracks(path):
+    """dvc.yaml's params point into the preset params.yaml names, so a value left to arm/config.py's
+    defaults would change outputs without DVC noticing: every preset spells out every key."""
+    import yaml
+
+    from arm.config import to_dict
+
+    written = yaml.safe_load(path.read_text())
+    for section, values in to_dict(load_config(path)).items():
+        assert set(written.get(section) or {}) == set(values), (
+            f"{path.name} [{section}] lacks {sorted(set(values) - set(written.get(section) or {}))}")
+    stages = yaml.safe_load((path.parents[1] / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        for entry in stage.get("params", []):
+            for key in next(iter(entry.values())):
+                node = written
+                for part in key.split("."):
+                    assert part in node, f"stage {name} tracks {key}, which {path.name} lacks"
+                    node = node[part]
+
+
+def test_params_yaml_names_the_default_preset():
+    import yaml
+
+    root = CONFIGS[0].parents[1]
+    assert yaml.safe_load((root / "params.yaml").read_text()) == {"config": "configs/default.yaml"}

@@ -2,64 +2,40 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 import yaml
 
 from arm.data.versioning import data_in_sync, dvc_executable, ensure_data, read_meta
-from tests.conftest import project_copy, tiny_sections
+from tests.conftest import project_copy, run_ok, tiny_project
 
 pytestmark = pytest.mark.slow
 
-TINY = ["--num-scenes", "60", "--num-eval-scenes", "10", "--num-holdout-scenes", "6", "--seed", "5"]
-
-
-def _run(cmd, cwd: Path) -> str:
-    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
-    assert result.returncode == 0, f"{cmd} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout + result.stderr
-
-
-def _tiny_project(tmp_path: Path) -> Path:
-    """A fresh copy of the project whose data.dvc tracks a tiny world instead of the default one, and
-    whose default preset trains tiny models (the stages' commands read configs/default.yaml)."""
-    repo = project_copy(tmp_path / "repo")
-    (repo / "dvc.lock").unlink(missing_ok=True)
-    config = repo / "configs" / "default.yaml"
-    doc = yaml.safe_load(config.read_text())
-    for section, values in tiny_sections().items():
-        doc[section].update(values)
-    config.write_text(yaml.safe_dump(doc, sort_keys=False))
-    _run(["arm", "world", "generate", "--out", "data", "--track", *TINY], repo)
-    _run(["git", "add", "-A"], repo)
-    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny world"], repo)
-    return repo
-
 
 def test_dvc_repro_runs_prepare_then_skips_then_reruns_on_param_change(tmp_path):
-    repo = _tiny_project(tmp_path)
+    repo = tiny_project(tmp_path)
     dvc = dvc_executable()
-    first = _run([dvc, "repro", "prepare"], repo)
+    first = run_ok([dvc, "repro", "prepare"], repo)
     assert "Running stage 'prepare'" in first
     assert (repo / "artifacts" / "prepare" / "tokenizer.json").is_file()
     assert (repo / "dvc.lock").is_file()
 
-    second = _run([dvc, "repro", "prepare"], repo)
+    second = run_ok([dvc, "repro", "prepare"], repo)
     assert "Running stage" not in second and "up to date" in second
 
     config = repo / "configs" / "default.yaml"
     doc = yaml.safe_load(config.read_text())
     doc["prepare"]["vocab_size"] = 400
     config.write_text(yaml.safe_dump(doc, sort_keys=False))
-    third = _run([dvc, "repro", "prepare"], repo)
+    third = run_ok([dvc, "repro", "prepare"], repo)
     assert "Running stage 'prepare'" in third
 
 
 def test_data_is_restored_from_the_cache_or_regenerated_from_data_dvc(tmp_path):
-    repo = _tiny_project(tmp_path)
+    repo = tiny_project(tmp_path)
     assert read_meta(repo / "data.dvc")["world"]["num_scenes"] == 60
     shutil.rmtree(repo / "data")
     assert ensure_data(repo / "data", dvc_file=repo / "data.dvc") == "checkout"
@@ -90,7 +66,7 @@ def prefect_server():
 def test_prefect_flow_runs_every_stage_through_dvc(tmp_path, prefect_server):
     from flows.lifecycle import STAGES, lifecycle
 
-    repo = _tiny_project(tmp_path)
+    repo = tiny_project(tmp_path)
     first = lifecycle(repo=str(repo))
     second = lifecycle(repo=str(repo))
     assert first == {"data": "present", **{stage: "ran" for stage in STAGES}}
@@ -100,13 +76,56 @@ def test_prefect_flow_runs_every_stage_through_dvc(tmp_path, prefect_server):
     assert any((repo / "artifacts" / "encode").glob("train-*.npz"))
     assert (repo / "artifacts" / "pretrain" / "model.safetensors").is_file()
     # dvc repro agrees that nothing is left to do.
-    assert "up to date" in _run([dvc_executable(), "status"], repo)
+    assert "up to date" in run_ok([dvc_executable(), "status"], repo)
+
+    # Reproducible: the whole chain again from nothing (no outputs, no checkpoints, no run cache), same
+    # seed and config, gives the same numbers at every stage.
+    before = stage_metrics(repo)
+    assert set(before) == {"tokenizer", "pretrain", "rl", "evaluate"}
+    shutil.rmtree(repo / "artifacts")
+    run_ok([dvc_executable(), "repro", "--force"], repo)
+    assert stage_metrics(repo) == before
+
+
+def stage_metrics(repo) -> dict:
+    """Each training and evaluation stage's metrics.json, less wall-clock timings."""
+    import json
+
+    found = {}
+    for stage in ("tokenizer", "pretrain", "rl", "evaluate"):
+        path = repo / "artifacts" / stage / "metrics.json"
+        if path.is_file():
+            found[stage] = {k: v for k, v in json.loads(path.read_text()).items()
+                            if "minutes" not in k and "seconds" not in k}
+    return found
+
+
+def test_overrides_run_as_a_dvc_experiment_that_records_them(tmp_path, prefect_server):
+    from flows.lifecycle import lifecycle
+
+    repo = tiny_project(tmp_path)
+    dvc = dvc_executable()
+    assert lifecycle(stages=["prepare", "tokenizer"], repo=str(repo))["tokenizer"] == "ran"
+    # Changing a tokenizer value reruns the tokenizer only, as an experiment.
+    result = lifecycle(stages=["prepare", "tokenizer"], overrides=["tokenizer.max_steps=3"], repo=str(repo))
+    assert result == {"data": "present", "prepare": "skipped", "tokenizer": "ran"}
+    assert yaml.safe_load((repo / "configs" / "default.yaml").read_text())["tokenizer"]["max_steps"] == 3
+    assert '"steps": 3' in (repo / "artifacts" / "tokenizer" / "metrics.json").read_text()
+    # The experiment keeps the value with its outputs: `dvc exp show` lists it.
+    table = run_ok([dvc, "exp", "show", "--csv"], repo)
+    rows = list(csv.DictReader(io.StringIO(table)))
+    assert any(row["Experiment"] and row["tokenizer.max_steps"] == "3" for row in rows), table
+    # A mistaken override stops the run before any stage, naming the key.
+    with pytest.raises(ValueError, match="max_stepz"):
+        lifecycle(stages=["prepare"], overrides=["tokenizer.max_stepz=3"], repo=str(repo))
+    with pytest.raises(ValueError, match="section.key=value"):
+        lifecycle(stages=["prepare"], overrides=["max_steps"], repo=str(repo))
 
 
 def test_flow_reports_which_stage_failed(tmp_path, prefect_server):
     from flows.lifecycle import StageFailed, lifecycle
 
-    repo = _tiny_project(tmp_path)
+    repo = tiny_project(tmp_path)
     # Break the manifest: every record unusable, so prepare exits with its one-line error.
     (repo / "data" / "manifest.jsonl").write_text('{"id": "x", "task": "caption", "image": "no.png", "text": "t"}\n')
     with pytest.raises(StageFailed, match=r"stage 'prepare' failed[\s\S]*missing_file"):
