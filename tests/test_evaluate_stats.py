@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from arm.evaluate.stats import difference_ci, mean_ci
+from arm.evaluate.stats import difference_ci, mean_ci, paired_difference_ci
 from arm.evaluate.world import Samples, summarise
 
 
@@ -38,6 +38,21 @@ def test_difference_interval_excludes_zero_only_for_a_real_change():
     assert d.low > 0 and abs(d.value - (b.mean() - a.mean())) < 1e-12
     same = difference_ci(a, rng.random(500) < 0.5)
     assert same.low < 0 < same.high
+
+
+def test_paired_interval_sees_a_small_change_the_unpaired_one_misses():
+    """Hard and easy items shared by both systems: B passes everything A passes plus 4% more items.
+    Pairing cancels the item-to-item spread; the hand-computed mean gain is 20 / 500."""
+    rng = np.random.default_rng(1)
+    a = (rng.random(500) < 0.3).astype(float)
+    b = a.copy()
+    b[np.flatnonzero(a == 0)[:20]] = 1.0
+    paired, unpaired = paired_difference_ci(a, b), difference_ci(a, b)
+    assert paired.value == pytest.approx(20 / 500) == unpaired.value
+    assert paired.low > 0 and unpaired.low < 0           # 0.04 is inside the unpaired interval's noise
+    assert paired.high - paired.low < unpaired.high - unpaired.low
+    with pytest.raises(ValueError, match="one b per a"):
+        paired_difference_ci([1, 0], [1])
 
 
 def test_summary_keys_overall_and_per_group():

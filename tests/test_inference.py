@@ -162,6 +162,25 @@ def test_compare_puts_two_evaluations_side_by_side(tmp_path, capsys):
     assert main(["evaluate", "--compare", str(tmp_path / "a"), str(tmp_path / "nowhere")]) == 2
 
 
+def test_compare_pairs_samples_of_the_same_items(tmp_path):
+    """With item ids on both sides, the difference interval is paired (matched by id, in any order)."""
+    import json
+
+    from arm.evaluate.compare import compare
+
+    passes = {"a": [0, 0, 1, 0, 1] * 40, "b": [1, 0, 1, 0, 1] * 40}    # B fixes one item in five
+    for name, values in passes.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        rows = [{"split": "test", "metric": "gen/acc", "group": "single", "value": v, "item": f"r{i}#0"}
+                for i, v in enumerate(values)]
+        if name == "b":
+            rows.reverse()
+        (folder / "per_sample.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    row = compare(tmp_path / "a", tmp_path / "b")[0]
+    assert row["paired"] and row["delta"] == pytest.approx(0.2) and row["low"] > 0.1
+
+
 def test_bench_geneval_writes_the_official_layout_from_the_model(trained, tmp_path):
     from pathlib import Path
 

@@ -57,8 +57,9 @@ DISTRIBUTED = ["pretrain.accelerator=cpu", "pretrain.sample_every_steps=0",
                "pretrain.task_mix.vqa=0", "pretrain.task_mix.caption=0", "pretrain.task_mix.text=0"]
 
 
-def _run_cli(cfg, artifacts, *overrides, stop_at=None):
-    """`arm pretrain` in a fresh process, as a user runs it: Lightning launches the other processes."""
+def _run_cli(cfg, artifacts, *overrides, stop_at=None, launcher=()):
+    """`arm pretrain` in a fresh process, as a user runs it: Lightning launches the other processes, or
+    `launcher` (e.g. torchrun) starts them all."""
     import shutil
     import subprocess
     import sys
@@ -66,7 +67,7 @@ def _run_cli(cfg, artifacts, *overrides, stop_at=None):
     for stage in ("prepare", "tokenizer", "encode"):
         if not (artifacts / stage).exists():
             shutil.copytree(cfg.stage_dir(stage), artifacts / stage)
-    cmd = [sys.executable, "-m", "arm", "pretrain", "--config", "configs/default.yaml",
+    cmd = [*(launcher or [sys.executable]), "-m", "arm", "pretrain", "--config", "configs/default.yaml",
            f"data.root={cfg.data.root}", f"run.artifacts_dir={artifacts}", f"run.log_dir={artifacts / 'logs'}",
            *TINY, *DISTRIBUTED, *overrides] + (["--stop-at-step", str(stop_at)] if stop_at else [])
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -96,6 +97,19 @@ def test_two_processes_train_the_same_model_as_one(encoded, one_process, tmp_pat
     _run_cli(encoded, tmp_path / strategy, f"pretrain.strategy={strategy}", "pretrain.devices=2")
     got = _weights(tmp_path / strategy)
     assert got.keys() == one_process.keys()
+    for k in one_process:
+        torch.testing.assert_close(got[k], one_process[k], rtol=1e-4, atol=1e-5)
+
+
+def test_torchrun_launches_the_same_training(encoded, one_process, tmp_path):
+    """How a cluster starts pretrain (docs/lifecycle.md): torchrun starts every process, Lightning joins
+    them (torchelastic environment) instead of launching its own."""
+    import sys
+    from pathlib import Path
+
+    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc-per-node", "2"]
+    _run_cli(encoded, tmp_path / "torchrun", "pretrain.strategy=ddp", "pretrain.devices=2", launcher=torchrun)
+    got = _weights(tmp_path / "torchrun")
     for k in one_process:
         torch.testing.assert_close(got[k], one_process[k], rtol=1e-4, atol=1e-5)
 

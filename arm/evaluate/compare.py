@@ -1,5 +1,7 @@
 """Two evaluations side by side: each metric's values, the difference B - A with a 95% bootstrap
-interval computed from the per-sample scores, and whether the interval excludes zero.
+interval computed from the per-sample scores, and whether the interval excludes zero. When both scored
+the same items (same records, same samples per prompt) the interval is paired: items are resampled with
+both their scores, so differences between items cancel; otherwise the two are resampled independently.
 
     arm evaluate --compare artifacts/evaluate path/to/other/evaluate
 """
@@ -10,24 +12,34 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from arm.evaluate.stats import difference_ci
+from arm.evaluate.stats import difference_ci, paired_difference_ci
 
 HEADLINE = ("gen/acc", "gen/knowledge_seen", "gen/knowledge_heldout", "edit/g_sc", "edit/g_pq", "edit/g_o",
             "und/acc", "und/text_knowledge_seen", "und/text_knowledge_heldout")
 
 
-def load_per_sample(folder: str | Path) -> dict[str, list[float]]:
-    """{metric key (split-prefixed as in metrics.json): per-sample values} from an evaluate folder."""
+def load_per_sample(folder: str | Path) -> dict[str, list[tuple[str | None, float]]]:
+    """{metric key (split-prefixed as in metrics.json): [(item, value)] per sample} from an evaluate
+    folder (item None where an older evaluation did not record it)."""
     path = Path(folder) / "per_sample.jsonl"
     if not path.is_file():
         raise ValueError(f"{path} not found; pass folders written by `arm evaluate`")
-    values: dict[str, list[float]] = defaultdict(list)
+    values: dict[str, list[tuple[str | None, float]]] = defaultdict(list)
     with open(path, encoding="utf-8") as f:
         for line in f:
             row = json.loads(line)
             prefix = "" if row["split"] == "test" else f"{row['split']}/"
-            values[prefix + row["metric"]].append(row["value"])
+            values[prefix + row["metric"]].append((row.get("item"), row["value"]))
     return values
+
+
+def _paired(a: list[tuple[str | None, float]], b: list[tuple[str | None, float]]):
+    """(a values, b values) aligned item by item, or None unless both scored exactly the same items."""
+    da, db = dict(a), dict(b)
+    if None in da or len(da) != len(a) or len(db) != len(b) or da.keys() != db.keys():
+        return None
+    items = sorted(da)
+    return [da[i] for i in items], [db[i] for i in items]
 
 
 def compare(a: str | Path, b: str | Path, keys=HEADLINE, seed: int = 0) -> list[dict]:
@@ -36,15 +48,19 @@ def compare(a: str | Path, b: str | Path, keys=HEADLINE, seed: int = 0) -> list[
     for key in keys:
         if key not in va or key not in vb:
             continue
-        d = difference_ci(va[key], vb[key], seed=seed)
-        rows.append({"metric": key, "a": sum(va[key]) / len(va[key]), "b": sum(vb[key]) / len(vb[key]),
-                     "delta": d.value, "low": d.low, "high": d.high, "significant": d.low > 0 or d.high < 0})
+        xa, xb = [v for _, v in va[key]], [v for _, v in vb[key]]
+        paired = _paired(va[key], vb[key])
+        d = paired_difference_ci(*paired, seed=seed) if paired else difference_ci(xa, xb, seed=seed)
+        rows.append({"metric": key, "a": sum(xa) / len(xa), "b": sum(xb) / len(xb), "delta": d.value,
+                     "low": d.low, "high": d.high, "significant": d.low > 0 or d.high < 0,
+                     "paired": paired is not None})
     return rows
 
 
 def format_table(rows: list[dict], a: str, b: str) -> str:
     lines = [f"| metric | A ({a}) | B ({b}) | B - A | 95% CI | beyond CI |", "| --- | --- | --- | --- | --- | --- |"]
     for r in rows:
+        kind = "paired" if r.get("paired") else "unpaired"
         lines.append(f"| {r['metric']} | {r['a']:.3f} | {r['b']:.3f} | {r['delta']:+.3f} | "
-                     f"[{r['low']:+.3f}, {r['high']:+.3f}] | {'yes' if r['significant'] else 'no'} |")
+                     f"[{r['low']:+.3f}, {r['high']:+.3f}] {kind} | {'yes' if r['significant'] else 'no'} |")
     return "\n".join(lines)

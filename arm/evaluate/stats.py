@@ -34,8 +34,23 @@ def mean_ci(values, resamples: int = 1000, level: float = 0.95, seed: int = 0) -
     return Estimate(float(x.mean()), float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha)), int(x.size))
 
 
+def paired_difference_ci(a, b, resamples: int = 1000, level: float = 0.95, seed: int = 0) -> Estimate:
+    """mean(b - a) over paired values (two systems scored on the same items, a[i] with b[i]) with a
+    bootstrap interval that resamples items, each item's two scores together: what varies between
+    items (some prompts are harder) cancels, so a real change shows with fewer items.
+
+    >>> paired_difference_ci([0, 1, 0, 1], [1, 2, 1, 2]).low    # every item gained exactly 1
+    1.0
+    """
+    x, y = np.asarray(list(a), np.float64), np.asarray(list(b), np.float64)
+    if x.shape != y.shape:
+        raise ValueError(f"paired values need one b per a, got {x.size} and {y.size}")
+    return mean_ci(y - x, resamples, level, seed)
+
+
 def difference_ci(a, b, resamples: int = 1000, level: float = 0.95, seed: int = 0) -> Estimate:
-    """mean(b) - mean(a) with a bootstrap interval, the two samples resampled independently."""
+    """mean(b) - mean(a) with a bootstrap interval, the two samples resampled independently (for
+    unpaired samples; `paired_difference_ci` when both scored the same items)."""
     x, y = np.asarray(list(a), np.float64), np.asarray(list(b), np.float64)
     if x.size == 0 or y.size == 0:
         return Estimate(float("nan"), float("nan"), float("nan"), 0)

@@ -49,10 +49,12 @@ class Samples:
     generation: list[dict] = field(default_factory=list)  # prompt, image, passed
     editing: list[dict] = field(default_factory=list)     # source, instruction, image, g_sc, g_pq
     understanding: list[dict] = field(default_factory=list)  # image, question, answer, prediction, correct
-    scores: list[dict] = field(default_factory=list)      # {"metric", "group", "value"} one per sample and metric
+    scores: list[dict] = field(default_factory=list)      # {"metric", "group", "value", "item"} per sample and metric
 
-    def add(self, metric: str, group: str | None, value: float) -> None:
-        self.scores.append({"metric": metric, "group": group, "value": float(value)})
+    def add(self, metric: str, group: str | None, value: float, item: str | None = None) -> None:
+        """`item` names what was scored (record id, and the sample's index when there are several), so
+        two evaluations of the same records can be compared item by item."""
+        self.scores.append({"metric": metric, "group": group, "value": float(value), "item": item})
 
 
 def grouped(scores: list[dict]) -> dict[str, list[float]]:
@@ -113,7 +115,7 @@ def evaluate_understanding(pipe: Pipeline, data: SplitData, settings: EvalSettin
             qtype = r["meta"].get("question_type", "describe")
             answer = r["answer"] if r["task"] == "vqa" else r["text"]
             ok = answer_correct(qtype, pred, answer)
-            samples.add("und/acc", qtype, ok)
+            samples.add("und/acc", qtype, ok, r["id"])
             samples.understanding.append({"image": image, "question": q, "answer": answer, "prediction": pred,
                                           "correct": ok})
     text = data.task("text", None)
@@ -121,7 +123,7 @@ def evaluate_understanding(pipe: Pipeline, data: SplitData, settings: EvalSettin
         predictions = pipe.understand(None, [r["text"] for r in text], sampling=Sampling(temperature=0.0))
         for p, r in zip(predictions, text):
             which = "heldout" if r["meta"].get("held_out_thing") else "seen"
-            samples.add(f"und/text_knowledge_{which}", None, answer_correct("color", p, r["answer"]))
+            samples.add(f"und/text_knowledge_{which}", None, answer_correct("color", p, r["answer"]), r["id"])
     out = _values(samples, first)
     if records:
         out["und/count"] = len(records)
@@ -140,13 +142,13 @@ def evaluate_generation(pipe: Pipeline, data: SplitData, settings: EvalSettings,
     images = pipe.generate(prompts, settings.guidance,
                            Sampling(settings.temperature, settings.top_k, seed=settings.seed))
     for i, image in enumerate(images):
-        r = records[i // k]
+        r, item = records[i // k], f"{records[i // k]['id']}#{i % k}"
         spec = GenSpec.from_dict(r["meta"]["spec"])
         passed = generation_pass(spec, parse(image, pipe.image_size))
-        samples.add("gen/acc", spec.category, passed)
+        samples.add("gen/acc", spec.category, passed, item)
         if spec.category == "knowledge":
             which = "heldout" if r["meta"].get("held_out_thing") else "seen"
-            samples.add(f"gen/knowledge_{which}", None, knowledge_score(spec, image, pipe.image_size))
+            samples.add(f"gen/knowledge_{which}", None, knowledge_score(spec, image, pipe.image_size), item)
         samples.generation.append({"prompt": r["text"], "image": image, "passed": passed})
     out = _values(samples, first)
     out["gen/count"] = len(images)
@@ -167,7 +169,7 @@ def evaluate_editing(pipe: Pipeline, data: SplitData, settings: EvalSettings, sa
                            pipe.image_size)
         edit_type = r["meta"]["edit"]["type"]
         for name, value in (("g_sc", score.g_sc), ("g_pq", score.g_pq), ("g_o", score.g_o)):
-            samples.add(f"edit/{name}", edit_type, value)
+            samples.add(f"edit/{name}", edit_type, value, r["id"])
         samples.editing.append({"source": source, "instruction": r["text"], "image": image,
                                 "g_sc": score.g_sc, "g_pq": score.g_pq})
     out = _values(samples, first)

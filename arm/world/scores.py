@@ -14,10 +14,9 @@ the RL rewards all rest on it:
   G_SC = 10 * (instruction fraction) * (preservation fraction): a no-op scores 0, a perfect edit 10,
   and an over-edit (an untouched object changed) lowers it in proportion.
 
->>> from arm.world.render import render
+>>> from arm.world.scene import Obj, Scene
 >>> from arm.world.texts import parse_prompt
 >>> spec = parse_prompt("a large red circle at the center")
->>> from arm.world.scene import Scene
 >>> generation_pass(spec, Scene((Obj(cell=4, shape="circle", color="red", size="large"),)))
 True
 """
