@@ -74,10 +74,14 @@ def cmd_package(args) -> None:
 
 def cmd_evaluate(args) -> None:
     if args.compare:
-        from arm.evaluate.compare import compare, format_table
+        from arm.evaluate.compare import compare, format_table, write_report
 
         a, b = args.compare
-        print(format_table(compare(a, b), a, b))
+        rows = compare(a, b)
+        print(format_table(rows, a, b))
+        if args.report:
+            write_report(args.report, a, b, rows)
+            print(f"wrote {args.report}")
         return
     from arm.evaluate.stage import evaluate_stage
 
@@ -282,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "evaluate":
             p.add_argument("--compare", nargs=2, metavar=("A", "B"),
                            help="instead of evaluating, compare two evaluate folders (B - A with 95%% intervals)")
+            p.add_argument("--report", metavar="FILE", help="with --compare: also write the table as an HTML page")
         if name in ("tokenizer", "pretrain", "rl"):
             p.add_argument("--stop-at-step", type=int, default=None,
                            help="stop after this many optimiser steps, keeping the checkpoint; run again "

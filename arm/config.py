@@ -249,7 +249,7 @@ class EvaluateConfig:
     out_dir: Optional[str] = None            # default <artifacts>/evaluate
     splits: List[str] = field(default_factory=lambda: ["test", "holdout"])
     limit: Optional[int] = None              # records per task and split (None: all)
-    samples_per_prompt: int = 1
+    samples_per_prompt: int = 4
     guidance_scale: float = 3.0              # text guidance (generation and editing)
     image_guidance_scale: float = 1.5        # source-image guidance (editing)
     temperature: float = 1.0

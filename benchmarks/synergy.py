@@ -7,8 +7,9 @@ from the same pretrained model with the same budget, each scored against the pre
 Each run goes to `--work` (default artifacts/synergy/<mode>-seed<k>/) and is reused when it is already
 there, so an interrupted experiment continues. The base and every RL model are evaluated on the test
 split (the same records and sampling seed); `arm evaluate --compare` computes each delta's 95% bootstrap
-interval from per-sample scores. Prints a markdown table per seed and writes
-benchmarks/results/synergy.json (and the tables to benchmarks/results/synergy.md).
+interval from per-sample scores, paired by record. Prints a markdown table per seed and writes
+benchmarks/results/synergy.json, the tables to benchmarks/results/synergy.md, and a report page
+(`<work>/report.html`).
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def main() -> None:
     base = evaluated(cfg.model_dir(cfg.rl.init), "base")
     result = {"config": args.config, "overrides": args.overrides, "rl_steps": cfg.rl.max_steps,
               "samples_per_run": cfg.rl.max_steps * cfg.rl.prompts_per_step * cfg.rl.group_size, "runs": {}}
-    tables = []
+    tables, sections = [], {}
     for seed in args.seeds:
         rows = {"base": {r["metric"]: r for r in compare(base, base)}}
         for mode in args.modes:
@@ -110,11 +111,20 @@ def main() -> None:
             rows[f"{mode}-only" if mode != "joint" else "joint"] = {r["metric"]: r for r in comparison}
             result["runs"][name] = {"rl": rl_metrics, "compare": comparison}
         tables.append(table(rows, seed))
+        sections[f"Seed {seed}"] = rows
         print(tables[-1] + "\n")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     Path(args.out).with_suffix(".md").write_text("\n\n".join(tables) + "\n")
-    print(f"wrote {args.out}")
+    from arm.evaluate.report import render_comparison
+
+    report = work / "report.html"
+    report.write_text(render_comparison(
+        sections, COLUMNS, title="arm RL: the cross-task synergy experiment",
+        note=f"Test split, {cfg.evaluate.samples_per_prompt} image(s) per generation prompt. Each RL row: its value, "
+             "the change from base, and the change's 95% interval (paired: the same records); * = beyond it."),
+        encoding="utf-8")
+    print(f"wrote {args.out} and {report}")
 
 
 if __name__ == "__main__":

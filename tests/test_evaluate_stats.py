@@ -67,3 +67,18 @@ def test_summary_keys_overall_and_per_group():
     assert summary["gen/two"].value == 0.5 and summary["gen/single"].value == 1.0
     assert summary["edit/g_o"].value == 6.0 and summary["edit/move/g_o"].value == 6.0
     assert summary["und/text_knowledge_seen"].n == 1 and "und/None" not in summary
+
+
+def test_several_images_of_a_prompt_are_resampled_together():
+    """Four images of each of 50 prompts: the interval counts prompts (n = 50), not images, so it is
+    no narrower than one from 50 independent scores, and the value is the plain mean over images."""
+    s = Samples()
+    rng = np.random.default_rng(2)
+    easy = rng.random(50) < 0.3                       # a prompt's images pass or fail together, mostly
+    for p in range(50):
+        for k in range(4):
+            s.add("gen/acc", "single", float(easy[p]), f"p{p}#{k}")
+    e = summarise(s)["gen/acc"]
+    assert e.n == 50 and e.value == pytest.approx(easy.mean())
+    naive = mean_ci(np.repeat(easy, 4).astype(float))
+    assert (e.high - e.low) > 1.5 * (naive.high - naive.low)

@@ -130,7 +130,10 @@ def test_evaluate_stage_writes_flat_metrics_per_split(trained):
     written = json.loads((trained.stage_dir("evaluate") / "metrics.json").read_text())
     assert written == pytest.approx(metrics)
     assert {"gen/acc", "edit/g_o", "und/acc", "holdout/gen/acc", "holdout/edit/g_o", "holdout/und/acc"} <= set(written)
-    assert written["gen/count"] == 3 and written["holdout/gen/count"] == 3
+    k = cfg.evaluate.samples_per_prompt
+    assert k > 1 and written["gen/count"] == 3 * k and written["holdout/gen/count"] == 3 * k
+    intervals = json.loads((trained.stage_dir("evaluate") / "scores.json").read_text())
+    assert intervals["gen/acc"]["n"] == 3          # the k images of a prompt count once in the interval
     assert written["tok/count"] == 8 and 0 < written["tok/ssim"] <= 1 and written["tok/psnr"] > 0
     assert 0 <= written["tok/exact_recovery"] <= 1 and "tok/rfid" not in written
     out = trained.stage_dir("evaluate")
@@ -157,8 +160,10 @@ def test_compare_puts_two_evaluations_side_by_side(tmp_path, capsys):
     table = {r["metric"]: r for r in compare(tmp_path / "a", tmp_path / "b")}
     assert table["gen/acc"]["delta"] == pytest.approx(0.5) and table["gen/acc"]["significant"]
     assert table["und/acc"]["delta"] == 0 and not table["und/acc"]["significant"]
-    assert main(["evaluate", "--compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    assert main(["evaluate", "--compare", str(tmp_path / "a"), str(tmp_path / "b"), "--report", str(tmp_path / "c.html")]) == 0
     assert "| gen/acc | 0.250 | 0.750 | +0.500 |" in capsys.readouterr().out
+    page = (tmp_path / "c.html").read_text()
+    assert "0.750 (+0.500)" in page and "http" not in page
     assert main(["evaluate", "--compare", str(tmp_path / "a"), str(tmp_path / "nowhere")]) == 2
 
 

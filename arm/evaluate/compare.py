@@ -1,7 +1,8 @@
 """Two evaluations side by side: each metric's values, the difference B - A with a 95% bootstrap
 interval computed from the per-sample scores, and whether the interval excludes zero. When both scored
-the same items (same records, same samples per prompt) the interval is paired: items are resampled with
-both their scores, so differences between items cancel; otherwise the two are resampled independently.
+the same items (same records, same samples per prompt) the interval is paired: records are resampled
+with both their scores (all images of a prompt together), so differences between records cancel;
+otherwise the two are resampled independently.
 
     arm evaluate --compare artifacts/evaluate path/to/other/evaluate
 """
@@ -34,12 +35,13 @@ def load_per_sample(folder: str | Path) -> dict[str, list[tuple[str | None, floa
 
 
 def _paired(a: list[tuple[str | None, float]], b: list[tuple[str | None, float]]):
-    """(a values, b values) aligned item by item, or None unless both scored exactly the same items."""
+    """(a values, b values, cluster labels) aligned item by item, or None unless both scored exactly the
+    same items. Items `<record id>#<k>` (the k-th image of a prompt) cluster by record."""
     da, db = dict(a), dict(b)
     if None in da or len(da) != len(a) or len(db) != len(b) or da.keys() != db.keys():
         return None
     items = sorted(da)
-    return [da[i] for i in items], [db[i] for i in items]
+    return [da[i] for i in items], [db[i] for i in items], [i.split("#", 1)[0] for i in items]
 
 
 def compare(a: str | Path, b: str | Path, keys=HEADLINE, seed: int = 0) -> list[dict]:
@@ -50,7 +52,8 @@ def compare(a: str | Path, b: str | Path, keys=HEADLINE, seed: int = 0) -> list[
             continue
         xa, xb = [v for _, v in va[key]], [v for _, v in vb[key]]
         paired = _paired(va[key], vb[key])
-        d = paired_difference_ci(*paired, seed=seed) if paired else difference_ci(xa, xb, seed=seed)
+        d = (paired_difference_ci(paired[0], paired[1], clusters=paired[2], seed=seed) if paired
+             else difference_ci(xa, xb, seed=seed))
         rows.append({"metric": key, "a": sum(xa) / len(xa), "b": sum(xb) / len(xb), "delta": d.value,
                      "low": d.low, "high": d.high, "significant": d.low > 0 or d.high < 0,
                      "paired": paired is not None})
@@ -64,3 +67,14 @@ def format_table(rows: list[dict], a: str, b: str) -> str:
         lines.append(f"| {r['metric']} | {r['a']:.3f} | {r['b']:.3f} | {r['delta']:+.3f} | "
                      f"[{r['low']:+.3f}, {r['high']:+.3f}] {kind} | {'yes' if r['significant'] else 'no'} |")
     return "\n".join(lines)
+
+
+def write_report(path: str | Path, a: str, b: str, rows: list[dict]) -> None:
+    """The comparison as a self-contained HTML page (what `arm evaluate --compare A B --report F` writes)."""
+    from arm.evaluate.report import render_comparison
+
+    table = {f"A: {a}": {r["metric"]: r for r in rows}, f"B: {b}": {r["metric"]: r for r in rows}}
+    note = ("B's value, B - A and its 95% interval (paired when both scored the same items); * marks an "
+            "interval that excludes zero.")
+    Path(path).write_text(render_comparison({"B against A": table}, [r["metric"] for r in rows],
+                                            title="arm evaluate --compare", note=note), encoding="utf-8")

@@ -110,6 +110,40 @@ def render_report(splits: dict, title: str = "arm evaluation", meta: dict | None
     return "\n".join(parts)
 
 
+def comparison_table(rows: dict[str, dict[str, dict]], keys) -> str:
+    """rows: {model label: {metric: a row of `compare` (a, b, delta, low, high, significant)}}, the first
+    label the baseline: its values; every other: its value, the change and the change's 95% interval."""
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
+    lines = [f"<table><tr><th>model</th>{head}</tr>"]
+    for i, (label, metrics) in enumerate(rows.items()):
+        cells = []
+        for key in keys:
+            r = metrics.get(key)
+            if r is None:
+                cells.append("<td>-</td>")
+            elif i == 0:
+                cells.append(f"<td>{r['a']:.3f}</td>")
+            else:
+                mark = " <span class='pass'>*</span>" if r["significant"] else ""
+                cells.append(f"<td>{r['b']:.3f} ({r['delta']:+.3f}){mark}<br><span class='meta'>"
+                             f"[{r['low']:+.3f}, {r['high']:+.3f}]</span></td>")
+        lines.append(f"<tr><td>{html.escape(label)}</td>{''.join(cells)}</tr>")
+    return "".join(lines) + "</table>"
+
+
+def render_comparison(sections: dict[str, dict[str, dict[str, dict]]], keys, title: str = "arm comparison",
+                      note: str = "") -> str:
+    """sections: {heading: rows for `comparison_table`} -> a self-contained HTML document."""
+    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+             f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
+    if note:
+        parts.append(f"<p class='meta'>{html.escape(note)}</p>")
+    for heading, rows in sections.items():
+        parts.append(f"<h2>{html.escape(heading)}</h2>" + comparison_table(rows, keys))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
 def write_tensorboard(writer, samples, step: int, prefix: str = "samples", columns: int = 8) -> None:
     """The same samples as TensorBoard images and text: generated images, sources above their edits, and a
     question / answer / model table."""

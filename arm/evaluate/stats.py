@@ -34,10 +34,12 @@ def mean_ci(values, resamples: int = 1000, level: float = 0.95, seed: int = 0) -
     return Estimate(float(x.mean()), float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha)), int(x.size))
 
 
-def paired_difference_ci(a, b, resamples: int = 1000, level: float = 0.95, seed: int = 0) -> Estimate:
+def paired_difference_ci(a, b, clusters=None, resamples: int = 1000, level: float = 0.95, seed: int = 0) -> Estimate:
     """mean(b - a) over paired values (two systems scored on the same items, a[i] with b[i]) with a
     bootstrap interval that resamples items, each item's two scores together: what varies between
-    items (some prompts are harder) cancels, so a real change shows with fewer items.
+    items (some prompts are harder) cancels, so a real change shows with fewer items. `clusters` (one
+    label per value) resamples whole groups instead, e.g. the several images of one prompt, which are
+    not independent of each other; n is then the number of groups.
 
     >>> paired_difference_ci([0, 1, 0, 1], [1, 2, 1, 2]).low    # every item gained exactly 1
     1.0
@@ -45,7 +47,16 @@ def paired_difference_ci(a, b, resamples: int = 1000, level: float = 0.95, seed:
     x, y = np.asarray(list(a), np.float64), np.asarray(list(b), np.float64)
     if x.shape != y.shape:
         raise ValueError(f"paired values need one b per a, got {x.size} and {y.size}")
-    return mean_ci(y - x, resamples, level, seed)
+    differences = y - x
+    if clusters is not None:
+        labels = list(clusters)
+        if len(labels) != differences.size:
+            raise ValueError(f"one cluster label per value, got {len(labels)} for {differences.size}")
+        groups: dict = {}
+        for label, d in zip(labels, differences):
+            groups.setdefault(label, []).append(d)
+        differences = np.array([np.mean(v) for v in groups.values()])
+    return mean_ci(differences, resamples, level, seed)
 
 
 def difference_ci(a, b, resamples: int = 1000, level: float = 0.95, seed: int = 0) -> Estimate:

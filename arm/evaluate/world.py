@@ -57,21 +57,37 @@ class Samples:
         self.scores.append({"metric": metric, "group": group, "value": float(value), "item": item})
 
 
-def grouped(scores: list[dict]) -> dict[str, list[float]]:
-    """Per-sample values by key: every metric overall (`gen/acc`) and per group (`gen/two`, `edit/move/g_o`)."""
-    by_key: dict[str, list[float]] = defaultdict(list)
+def grouped(scores: list[dict], with_items: bool = False) -> dict[str, list]:
+    """Per-sample values by key: every metric overall (`gen/acc`) and per group (`gen/two`, `edit/move/g_o`);
+    with_items: (value, item) pairs."""
+    by_key: dict[str, list] = defaultdict(list)
     for s in scores:
         task, name = s["metric"].split("/", 1)
-        by_key[s["metric"]].append(s["value"])
+        entry = (s["value"], s.get("item")) if with_items else s["value"]
+        by_key[s["metric"]].append(entry)
         if s["group"] is not None:
             group_key = f"{task}/{s['group']}" if name == "acc" else f"{task}/{s['group']}/{name}"
-            by_key[group_key].append(s["value"])
+            by_key[group_key].append(entry)
     return dict(sorted(by_key.items()))
 
 
 def summarise(samples: Samples, seed: int = 0) -> dict[str, Estimate]:
-    """Every grouped metric with its bootstrap interval."""
-    return {k: mean_ci(v, seed=seed) for k, v in grouped(samples.scores).items()}
+    """Every grouped metric with its bootstrap interval. The several images of one prompt (items
+    `<record>#<k>`) are not independent: they are resampled together, and n counts prompts."""
+    out = {}
+    for key, entries in grouped(samples.scores, with_items=True).items():
+        records = [item.split("#", 1)[0] if item else None for _, item in entries]
+        if None in records or len(set(records)) == len(records):
+            out[key] = mean_ci([v for v, _ in entries], seed=seed)
+            continue
+        by_record: dict[str, list[float]] = defaultdict(list)
+        for (value, _), record in zip(entries, records):
+            by_record[record].append(value)
+        estimate = mean_ci([float(np.mean(v)) for v in by_record.values()], seed=seed)
+        # The point estimate stays the plain mean over images (equal to the mean of prompt means when every
+        # prompt has the same number of images).
+        out[key] = Estimate(float(np.mean([v for v, _ in entries])), estimate.low, estimate.high, estimate.n)
+    return out
 
 
 class SplitData:
