@@ -152,6 +152,7 @@ class PretrainConfig:
     max_position_embeddings: int = 512
     rope_theta: float = 10000.0
     tie_word_embeddings: bool = False
+    image_embedding_init: str = "random"     # random | tokenizer: image-code rows from the tokenizer's code features
     task_mix: Dict[str, float] = field(default_factory=lambda: {
         "t2i": 0.35, "edit": 0.25, "vqa": 0.2, "caption": 0.15, "text": 0.05})
     p_drop_condition: float = 0.1            # condition dropout for classifier-free guidance
@@ -181,6 +182,8 @@ class PretrainConfig:
             raise ValueError(f"pretrain.arch must be qwen2 or llama, got {self.arch!r}")
         if self.strategy not in ("auto", "ddp", "fsdp"):
             raise ValueError(f"pretrain.strategy must be auto, ddp or fsdp, got {self.strategy!r}")
+        if self.image_embedding_init not in ("random", "tokenizer"):
+            raise ValueError(f"pretrain.image_embedding_init must be random or tokenizer, got {self.image_embedding_init!r}")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"pretrain.schedule must be cosine or constant, got {self.schedule!r}")
         unknown = set(self.task_mix) - {"t2i", "edit", "vqa", "caption", "text"}

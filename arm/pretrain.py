@@ -80,6 +80,26 @@ def full_model(model):
     return fresh
 
 
+@torch.no_grad()
+def init_image_embeddings(model, vocab: Vocab, tokenizer_dir: Path, seed: int) -> None:
+    """Image-code rows of the input embedding and the output head from the visual tokenizer: each code's
+    FSQ vector through the tokenizer's up-projection (what the pixel decoder reads for that code, seen
+    alone), then a fixed random projection to the model width, scaled to the rows' initial spread.
+    Codes that decode alike start alike, instead of 1,000 unrelated random vectors to be learned."""
+    from arm.tokenizer.model import VisualTokenizer
+
+    tok = VisualTokenizer.load(tokenizer_dir).eval()
+    codes = tok.fsq.indices_to_codes(torch.arange(vocab.codebook_size))             # (K, d)
+    features = tok.up_project(codes[:, :, None, None]).flatten(1)                    # (K, d, 1, 1) -> (K, C)
+    features = features - features.mean(0, keepdim=True)
+    generator = torch.Generator().manual_seed(seed)
+    for table in (model.get_input_embeddings().weight, model.get_output_embeddings().weight):
+        rows = table[vocab.image_offset:vocab.image_offset + vocab.codebook_size]
+        projection = torch.randn(features.shape[1], table.shape[1], generator=generator)
+        init = features @ projection                                                 # (K, hidden)
+        rows.copy_(init * (rows.std() / init.std()))
+
+
 def pretrain_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict | None:
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
@@ -115,6 +135,8 @@ def pretrain_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict |
                             max_steps=p.max_steps, min_lr_ratio=p.min_lr_ratio, schedule=p.schedule,
                             weight_decay=p.weight_decay, activation_checkpointing=p.activation_checkpointing,
                             fsdp_mixed_precision=fsdp_bf16)
+    if p.image_embedding_init == "tokenizer" and not p.pretrained_path:  # (a resumed run's checkpoint overrides it)
+        init_image_embeddings(module.model, vocab, cfg.stage_dir("tokenizer"), p.seed)
     # The codes themselves (not just their counts) and the training code decide whether a checkpoint fits.
     stamp = fingerprint(asdict(p), prepare_dir / "summary.json", *sorted(encode_dir.glob("*.npz")),
                         *source_files("model", "pretrain.py", "checkpoints.py", "schedules.py"))
