@@ -339,9 +339,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         except OmegaConfBaseException as e:
             raise _explain(e, str(path)) from e
     if overrides:
-        bad = [o for o in overrides if "=" not in o]
+        # Top-level keys are sections, never values: an override always names section.key.
+        bad = [o for o in overrides if "=" not in o or "." not in o.split("=", 1)[0]]
         if bad:
-            raise ValueError(f"overrides must look like section.key=value, got {bad}")
+            raise ValueError(f"overrides must look like section.key=value (e.g. pretrain.max_steps=100), got {bad}")
         try:
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
         except OmegaConfBaseException as e:

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from arm.config import ArmConfig, to_yaml
-from arm.serving import bentoml_executable
+from arm.processes import executable
 
 
 
@@ -72,7 +72,7 @@ def package_stage(cfg: ArmConfig) -> dict:
     if not bentofile.is_file():
         raise ValueError(f"{bentofile} not found; run `arm package` from the project root (where dvc.yaml is)")
     env = dict(os.environ, ARM_MODEL_TAG=model_tag, BENTOML_DO_NOT_TRACK="true")
-    build = subprocess.run([bentoml_executable(), "build", "-f", str(bentofile), "--output", "tag", str(root)],
+    build = subprocess.run([executable("bentoml"), "build", "-f", str(bentofile), "--output", "tag", str(root)],
                            capture_output=True, text=True, env=env, cwd=root)
     if build.returncode != 0:
         raise RuntimeError(f"bentoml build failed:\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}")
@@ -80,7 +80,7 @@ def package_stage(cfg: ArmConfig) -> dict:
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    export = subprocess.run([bentoml_executable(), "export", bento_tag, str((out / "arm.bento").resolve())], capture_output=True, text=True,
+    export = subprocess.run([executable("bentoml"), "export", bento_tag, str((out / "arm.bento").resolve())], capture_output=True, text=True,
                             env=env)
     if export.returncode != 0:
         raise RuntimeError(f"bentoml export failed:\n{export.stderr[-3000:]}")

@@ -132,15 +132,6 @@ def generate_batch(pipe, requests: list[GenerationRequest]) -> list[np.ndarray]:
     return [images[owners_array == k] for k in range(len(requests))]
 
 
-def bentoml_executable() -> str:
-    """The `bentoml` beside this Python (the project's environment), else the one on PATH."""
-    import sys
-    from pathlib import Path
-
-    beside = Path(sys.executable).parent / "bentoml"
-    return str(beside) if beside.exists() else "bentoml"
-
-
 @contextmanager
 def local_server(bento: str, env: dict | None = None, timeout: float = 180.0, log=None):
     """`bentoml serve <bento>` on a free loopback port, yielding its URL once /readyz answers; stopped
@@ -150,31 +141,17 @@ def local_server(bento: str, env: dict | None = None, timeout: float = 180.0, lo
     """
     import os
     import subprocess
-    import time
 
-    import httpx
-
-    from arm.processes import free_port, stop_group
+    from arm.processes import executable, free_port, stop_group, wait_until_ready
 
     port = free_port()
-    proc = subprocess.Popen([bentoml_executable(), "serve", bento, "--host", "127.0.0.1",
+    proc = subprocess.Popen([executable("bentoml"), "serve", bento, "--host", "127.0.0.1",
                              "--port", str(port)], stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT,
                             env={**os.environ, **(env or {})}, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"bentoml serve {bento} exited with {proc.returncode}; is the Bento built "
-                                   "(`arm package`, `bentoml list`)?")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"bentoml serve {bento} was not ready within {timeout:.0f} s")
-            time.sleep(1)
+        wait_until_ready(f"{url}/readyz", proc, timeout,
+                         f"bentoml serve {bento} (is the Bento built? `arm package`, `bentoml list`)")
         yield url, proc
     finally:
         stop_group(proc)

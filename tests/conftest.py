@@ -151,9 +151,9 @@ def copy_stages(source: Path, dest: Path, stages=("prepare", "tokenizer", "encod
     return dest
 
 
-def run_ok(cmd, cwd: Path, env: dict | None = None) -> str:
+def run_ok(cmd, cwd: Path, env: dict | None = None, timeout: float | None = None) -> str:
     """Run a command; fail the test with its output if it fails; return stdout + stderr."""
-    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout)
     assert result.returncode == 0, f"{cmd} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout + result.stderr
 

@@ -8,12 +8,11 @@ import os
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
 from arm.data.versioning import dvc_executable
-from arm.processes import free_port, stop_group
+from arm.processes import executable, free_port, stop_group, wait_until_ready
 from tests.conftest import run_ok, tiny_project
 
 pytestmark = pytest.mark.slow
@@ -50,43 +49,26 @@ def test_a_run_killed_during_pretrain_resumes_from_its_checkpoint(tmp_path):
     assert "up to date" in run_ok([dvc, "status", "pretrain"], repo)
 
 
-def _prefect(*args: str, env: dict, cwd: Path, timeout: float = 300) -> str:
-    prefect = str(Path(dvc_executable()).parent / "prefect")
-    result = subprocess.run([prefect, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"prefect {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout + result.stderr
-
-
 def test_the_deployment_runs_on_a_process_work_pool(tmp_path):
     """prefect.yaml as a user runs it: a local Prefect server, a process work pool and its worker, `prefect
     deploy`, then `prefect deployment run` drives the lifecycle in the checkout."""
-    import httpx
-
     repo = tiny_project(tmp_path)
     port = free_port()
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"),
            "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    prefect = str(Path(dvc_executable()).parent / "prefect")
+    prefect = executable("prefect")
     logs = {name: open(tmp_path / f"{name}.log", "w") for name in ("server", "worker")}
     server = subprocess.Popen([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], cwd=tmp_path,
                               env=env, stdout=logs["server"], stderr=subprocess.STDOUT, start_new_session=True)
     worker = None
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()
-            time.sleep(1)
-        _prefect("work-pool", "create", "arm-process", "--type", "process", env=env, cwd=repo)
-        _prefect("--no-prompt", "deploy", "--name", "lifecycle", env=env, cwd=repo)
+        wait_until_ready(f"http://127.0.0.1:{port}/api/health", server, 180, "prefect server start")
+        run_ok([prefect, "work-pool", "create", "arm-process", "--type", "process"], repo, env=env, timeout=300)
+        run_ok([prefect, "--no-prompt", "deploy", "--name", "lifecycle"], repo, env=env, timeout=300)
         worker = subprocess.Popen([prefect, "worker", "start", "--pool", "arm-process"], cwd=tmp_path, env=env,
                                   stdout=logs["worker"], stderr=subprocess.STDOUT, start_new_session=True)
-        out = _prefect("deployment", "run", "arm-lifecycle/lifecycle", "-p", 'stages=["prepare"]', "--watch",
-                       "--watch-timeout", "400", env=env, cwd=tmp_path, timeout=450)
+        out = run_ok([prefect, "deployment", "run", "arm-lifecycle/lifecycle", "-p", 'stages=["prepare"]', "--watch",
+                      "--watch-timeout", "400"], tmp_path, env=env, timeout=450)
         assert "Completed" in out, out + (tmp_path / "worker.log").read_text()[-3000:]
         assert (repo / "artifacts" / "prepare" / "summary.json").is_file()
         assert "up to date" in run_ok([dvc_executable(), "status", "prepare"], repo)

@@ -137,10 +137,9 @@ def test_two_processes_train_the_same_model_as_one(encoded, one_process, tmp_pat
 def test_torchrun_launches_the_same_training(encoded, one_process, tmp_path):
     """How a cluster starts pretrain (docs/lifecycle.md): torchrun starts every process, Lightning joins
     them (torchelastic environment) instead of launching its own."""
-    import sys
-    from pathlib import Path
+    from arm.processes import executable
 
-    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc-per-node", "2"]
+    torchrun = [executable("torchrun"), "--standalone", "--nproc-per-node", "2"]
     _run_cli(encoded, tmp_path / "torchrun", "pretrain.strategy=ddp", "pretrain.devices=2", launcher=torchrun)
     got = _weights(tmp_path / "torchrun")
     for k in one_process:

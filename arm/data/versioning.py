@@ -11,26 +11,19 @@ recorded hash (generation is byte-deterministic).
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import sys
 from dataclasses import fields
 from pathlib import Path
 
 import yaml
 
+from arm.processes import executable
 from arm.world.dataset import WorldSpec, generate_world
 
 
 def dvc_executable() -> str:
-    """The `dvc` beside this Python (the project's virtual environment) or on PATH."""
-    beside = Path(sys.executable).parent / "dvc"
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("dvc")
-    if not found:
-        raise ValueError("dvc is not installed in this environment; run `make install` (pip install -e .)")
-    return found
+    """The `dvc` of this environment (see `arm.processes.executable`)."""
+    return executable("dvc")
 
 
 def world_meta(spec: WorldSpec) -> dict:

@@ -13,7 +13,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from arm.evaluate.stats import difference_ci, paired_difference_ci
+from arm.evaluate.stats import difference_ci, paired_difference_ci, record_of
 
 HEADLINE = ("gen/acc", "gen/knowledge_seen", "gen/knowledge_heldout", "edit/g_sc", "edit/g_pq", "edit/g_o",
             "und/acc", "und/text_knowledge_seen", "und/text_knowledge_heldout")
@@ -41,7 +41,7 @@ def _paired(a: list[tuple[str | None, float]], b: list[tuple[str | None, float]]
     if None in da or len(da) != len(a) or len(db) != len(b) or da.keys() != db.keys():
         return None
     items = sorted(da)
-    return [da[i] for i in items], [db[i] for i in items], [i.split("#", 1)[0] for i in items]
+    return [da[i] for i in items], [db[i] for i in items], [record_of(i) for i in items]
 
 
 def compare(a: str | Path, b: str | Path, keys=HEADLINE, seed: int = 0) -> list[dict]:

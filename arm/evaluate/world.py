@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from arm.data.shards import load_examples, load_images
-from arm.evaluate.stats import Estimate, mean_ci
+from arm.evaluate.stats import Estimate, mean_ci, record_of
 from arm.generate import Sampling
 from arm.model.data import DESCRIBE
 from arm.pipeline import Guidance, Pipeline
@@ -76,17 +76,8 @@ def summarise(samples: Samples, seed: int = 0) -> dict[str, Estimate]:
     `<record>#<k>`) are not independent: they are resampled together, and n counts prompts."""
     out = {}
     for key, entries in grouped(samples.scores, with_items=True).items():
-        records = [item.split("#", 1)[0] if item else None for _, item in entries]
-        if None in records or len(set(records)) == len(records):
-            out[key] = mean_ci([v for v, _ in entries], seed=seed)
-            continue
-        by_record: dict[str, list[float]] = defaultdict(list)
-        for (value, _), record in zip(entries, records):
-            by_record[record].append(value)
-        estimate = mean_ci([float(np.mean(v)) for v in by_record.values()], seed=seed)
-        # The point estimate stays the plain mean over images (equal to the mean of prompt means when every
-        # prompt has the same number of images).
-        out[key] = Estimate(float(np.mean([v for v, _ in entries])), estimate.low, estimate.high, estimate.n)
+        records = [record_of(item) for _, item in entries]
+        out[key] = mean_ci([v for v, _ in entries], seed=seed, clusters=None if None in records else records)
     return out
 
 
