@@ -152,7 +152,8 @@ class PretrainConfig:
     max_position_embeddings: int = 512
     rope_theta: float = 10000.0
     tie_word_embeddings: bool = False
-    image_embedding_init: str = "random"     # random | tokenizer: image-code rows from the tokenizer's code features
+    image_embedding_init: str = "tokenizer"  # tokenizer | random: image-code rows from the tokenizer's code features
+    image_position_embedding: bool = True    # learned row + column embeddings on image tokens (arm.model.positions)
     task_mix: Dict[str, float] = field(default_factory=lambda: {
         "t2i": 0.35, "edit": 0.25, "vqa": 0.2, "caption": 0.15, "text": 0.05})
     p_drop_condition: float = 0.1            # condition dropout for classifier-free guidance

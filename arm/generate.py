@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from arm.model.positions import uses_image_positions
 from arm.model.vocab import EOS, Vocab
 
 
@@ -81,6 +82,7 @@ class Engine:
         self.model = model.eval()
         self.vocab = vocab
         self.device = next(model.parameters()).device
+        self.image_positions = uses_image_positions(model)
 
     # --- the two primitives: prefill a batch, then extend it one token at a time -------------------
 
@@ -98,11 +100,13 @@ class Engine:
         return out.logits[:, -1].float(), state
 
     @torch.no_grad()
-    def step(self, tokens: torch.Tensor, state: dict) -> torch.Tensor:
-        """Append `tokens` (B,) and return the next logits (B, V)."""
+    def step(self, tokens: torch.Tensor, state: dict, image_cell: int = -1) -> torch.Tensor:
+        """Append `tokens` (B,) and return the next logits (B, V). `image_cell`: the tokens' index in the
+        image span being sampled (-1 for text), for models with image row and column embeddings."""
         state["mask"] = torch.cat([state["mask"], torch.ones_like(state["mask"][:, :1])], dim=1)
+        extra = {"image_cells": torch.full_like(tokens[:, None], image_cell)} if self.image_positions else {}
         out = self.model(input_ids=tokens[:, None], attention_mask=state["mask"],
-                         position_ids=state["next_position"][:, None], cache=state["cache"], use_cache=True)
+                         position_ids=state["next_position"][:, None], cache=state["cache"], use_cache=True, **extra)
         state["cache"] = out.cache
         state["next_position"] = state["next_position"] + 1
         return out.logits[:, -1].float()
@@ -134,7 +138,7 @@ class Engine:
         text_scale, image_scale = text_scale.to(logits.device), image_scale.to(logits.device)
         unguided_rows = (text_scale == 1.0) & ((image_scale == 1.0) if source_only is not None else True)
         codes = []
-        for _ in range(num_tokens):
+        for cell in range(num_tokens):
             image_logits = logits[:, lo:hi]  # constrained: only image ids inside the span
             if guided:
                 c, u = image_logits[:b], image_logits[b:2 * b]
@@ -154,7 +158,7 @@ class Engine:
                 chosen = sample(mixed, samplings[0], generators[0])
             codes.append(chosen)
             token = (chosen + lo).to(self.device)
-            logits = self.step(token.repeat(len(rows) // b), state)
+            logits = self.step(token.repeat(len(rows) // b), state, image_cell=cell)
         return torch.stack(codes, dim=1)
 
     # --- text -----------------------------------------------------------------------------------------

@@ -40,9 +40,14 @@ class UnifiedModelInfo:
         return Vocab(self.text_size, self.codebook_size, dict(self.specials))
 
 
-def backbone_kwargs(cfg: ArmConfig, vocab_size: int) -> dict:
+def backbone_kwargs(cfg: ArmConfig, vocab: Vocab, grid: int) -> dict:
+    """build_causal_lm's arguments for the config's `pretrain` section over `vocab` (g x g image grids)."""
+    from arm.text_tokenizer import SOI
+
     p = cfg.pretrain
-    return dict(arch=p.arch, vocab_size=vocab_size, hidden_size=p.hidden_size, num_layers=p.num_layers,
+    positions = (dict(grid=grid, image_offset=vocab.image_offset, codebook_size=vocab.codebook_size, soi_id=vocab[SOI])
+                 if p.image_position_embedding else None)
+    return dict(arch=p.arch, vocab_size=vocab.size, image_positions=positions, hidden_size=p.hidden_size, num_layers=p.num_layers,
                 num_heads=p.num_heads, num_kv_heads=p.num_kv_heads, intermediate_size=p.intermediate_size,
                 max_position_embeddings=p.max_position_embeddings, rope_theta=p.rope_theta,
                 tie_word_embeddings=p.tie_word_embeddings, pretrained_path=p.pretrained_path)
@@ -84,8 +89,9 @@ def full_model(model):
 def init_image_embeddings(model, vocab: Vocab, tokenizer_dir: Path, seed: int) -> None:
     """Image-code rows of the input embedding and the output head from the visual tokenizer: each code's
     FSQ vector through the tokenizer's up-projection (what the pixel decoder reads for that code, seen
-    alone), then a fixed random projection to the model width, scaled to the rows' initial spread.
-    Codes that decode alike start alike, instead of 1,000 unrelated random vectors to be learned."""
+    alone), then a fixed random projection to the model width, centred and scaled like the text rows
+    (random ones, or a pretrained LM's). Codes that decode alike start alike, instead of 1,000 unrelated
+    random vectors to be learned."""
     from arm.tokenizer.model import VisualTokenizer
 
     tok = VisualTokenizer.load(tokenizer_dir).eval()
@@ -94,10 +100,11 @@ def init_image_embeddings(model, vocab: Vocab, tokenizer_dir: Path, seed: int) -
     features = features - features.mean(0, keepdim=True)
     generator = torch.Generator().manual_seed(seed)
     for table in (model.get_input_embeddings().weight, model.get_output_embeddings().weight):
-        rows = table[vocab.image_offset:vocab.image_offset + vocab.codebook_size]
+        text = table[:vocab.image_offset]
         projection = torch.randn(features.shape[1], table.shape[1], generator=generator)
         init = features @ projection                                                 # (K, hidden)
-        rows.copy_(init * (rows.std() / init.std()))
+        table[vocab.image_offset:vocab.image_offset + vocab.codebook_size] = (
+            text.mean(0) + init * (text.std() / init.std()))
 
 
 def pretrain_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict | None:
@@ -131,11 +138,11 @@ def pretrain_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict |
           f"training records {train.counts()}", file=sys.stderr)
 
     fsdp_bf16 = p.strategy == "fsdp" and p.precision.startswith("bf16")
-    module = PretrainModule(backbone_kwargs(cfg, vocab.size), lr=p.lr, warmup_steps=p.warmup_steps,
+    module = PretrainModule(backbone_kwargs(cfg, vocab, info.grid), lr=p.lr, warmup_steps=p.warmup_steps,
                             max_steps=p.max_steps, min_lr_ratio=p.min_lr_ratio, schedule=p.schedule,
                             weight_decay=p.weight_decay, activation_checkpointing=p.activation_checkpointing,
                             fsdp_mixed_precision=fsdp_bf16)
-    if p.image_embedding_init == "tokenizer" and not p.pretrained_path:  # (a resumed run's checkpoint overrides it)
+    if p.image_embedding_init == "tokenizer":  # (a resumed run's checkpoint overrides it)
         init_image_embeddings(module.model, vocab, cfg.stage_dir("tokenizer"), p.seed)
     # The codes themselves (not just their counts) and the training code decide whether a checkpoint fits.
     stamp = fingerprint(asdict(p), prepare_dir / "summary.json", *sorted(encode_dir.glob("*.npz")),
@@ -191,13 +198,12 @@ def pretrain_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict |
 
 def load_unified_model(folder: str | Path):
     """(model, UnifiedModelInfo, text tokenizer) from a `pretrain` (or `rl`) output folder."""
-    from transformers import AutoModelForCausalLM
-
+    from arm.model.backbone import load_causal_lm
     from arm.text_tokenizer import load_tokenizer
 
     folder = Path(folder)
     if not (folder / "vocab.json").exists():
         raise ValueError(f"no unified model in {folder}; run `arm pretrain` (or `dvc repro pretrain`)")
-    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).eval()
+    model = load_causal_lm(folder).eval()
     info = UnifiedModelInfo(**json.loads((folder / "vocab.json").read_text()))
     return model, info, load_tokenizer(folder / "tokenizer.json")

@@ -94,7 +94,7 @@ def main() -> None:
         for level in cfg.tokenizer.fsq_levels:
             codebook *= level
         vocab = Vocab(text_size, codebook, {t: text_size - len(SPECIAL_TOKENS) + i for i, t in enumerate(SPECIAL_TOKENS)})
-        model, source = build_causal_lm(**backbone_kwargs(cfg, vocab.size)), "random init"
+        model, source = build_causal_lm(**backbone_kwargs(cfg, vocab, grid)), "random init"
     model = model.to(device).eval()
     num_tokens, prompt_len = grid * grid, 12
     lo, hi = vocab.image_offset, vocab.image_offset + vocab.codebook_size

@@ -5,7 +5,8 @@ from the same pretrained model with the same budget, each scored against the pre
     python benchmarks/synergy.py --seeds 0 --modes joint rl.max_steps=50
 
 Each run goes to `--work` (default artifacts/synergy/<mode>-seed<k>/) and is reused when it is already
-there, so an interrupted experiment continues. The base and every RL model are evaluated on the test
+there, so an interrupted experiment continues; if the pretrained model has changed since, the script
+stops and says so rather than mix runs from two bases. The base and every RL model are evaluated on the test
 split (the same records and sampling seed); `arm evaluate --compare` computes each delta's 95% bootstrap
 interval from per-sample scores, paired by record. Prints a markdown table per seed and writes
 benchmarks/results/synergy.json, the tables to benchmarks/results/synergy.md, and a report page
@@ -34,6 +35,20 @@ def lifecycle_run(cfg, mode: str, seed: int, overrides: list[str]) -> bool:
     if not (cfg.stage_dir("rl") / "metrics.json").exists() or not metrics.exists():
         return False
     return "test" in e.splits and json.loads(metrics.read_text()).get("gen/count", 0) > 0
+
+
+def check_same_base(work: Path, base_model: Path) -> None:
+    """Runs and evaluations in `work` are reused only while the pretrained model they started from is the
+    same one: its weights' digest is recorded on the first run and checked on every later one."""
+    import hashlib
+
+    digest = hashlib.sha256((base_model / "model.safetensors").read_bytes()).hexdigest()
+    record = work / "base.json"
+    if record.exists() and json.loads(record.read_text())["sha256"] != digest:
+        raise SystemExit(f"synergy: the runs in {work} started from a different pretrained model than "
+                         f"{base_model} holds now; move or delete {work} (or pass --work NEW_FOLDER) to run again")
+    work.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"model": str(base_model), "sha256": digest}) + "\n")
 
 
 def table(rows: dict[str, dict], seed: int) -> str:
@@ -87,6 +102,7 @@ def main() -> None:
         return out
 
     cfg = load_config(args.config, args.overrides)
+    check_same_base(work, cfg.model_dir(cfg.rl.init))
     base = evaluated(cfg.model_dir(cfg.rl.init), "base")
     result = {"config": args.config, "overrides": args.overrides, "rl_steps": cfg.rl.max_steps,
               "samples_per_run": cfg.rl.max_steps * cfg.rl.prompts_per_step * cfg.rl.group_size, "runs": {}}

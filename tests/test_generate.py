@@ -22,6 +22,38 @@ def engine():
     return Engine(model, vocab)
 
 
+@pytest.fixture(scope="module")
+def positions_engine():
+    """An engine over a model with image row and column embeddings (a 3 x 3 grid)."""
+    torch.manual_seed(0)
+    vocab = Vocab(TEXT, CODES, {t: TEXT - len(SPECIAL_TOKENS) + i for i, t in enumerate(SPECIAL_TOKENS)})
+    positions = dict(grid=3, image_offset=vocab.image_offset, codebook_size=CODES, soi_id=vocab["<|soi|>"])
+    model = build_causal_lm("qwen2", vocab.size, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                            intermediate_size=64, image_positions=positions)
+    with torch.no_grad():  # large enough that a wrong cell would change the logits visibly
+        model.row_embedding.weight.normal_(std=1.0)
+        model.col_embedding.weight.normal_(std=1.0)
+    return Engine(model, vocab)
+
+
+def test_kv_cache_decode_matches_full_forward_with_image_positions(positions_engine):
+    """Each sampled token is fed back with its cell: greedy decoding through the cache picks, at every
+    step, the argmax of a full forward over prompt + codes, whose cells come from the ids. An editing
+    prompt holds a whole source image, so the target span's cells must restart at 0."""
+    engine = positions_engine
+    v = engine.vocab
+    source = [v.image_id(c) for c in (3, 1, 4, 1, 5, 9, 2, 6, 5)]
+    prompt = [v["<|edit|>"], v["<|soi|>"], *source, v["<|eoi|>"], 3, 4, v["<|soi|>"]]
+    codes = engine.generate_images([prompt], num_tokens=9, sampling=Sampling(temperature=0.0))
+    full = engine.model(input_ids=torch.tensor([prompt + (codes[0] + v.image_offset).tolist()])).logits[0]
+    image_logits = full[len(prompt) - 1:-1, v.image_offset:]                     # (9, K) predicting each code
+    assert torch.equal(image_logits.argmax(-1), codes[0])
+    # The same model without its cell embeddings decodes differently: the cells are in use.
+    cells = torch.full((1, len(prompt) + 9), -1)
+    blind = engine.model(input_ids=torch.tensor([prompt + (codes[0] + v.image_offset).tolist()]), image_cells=cells)
+    assert not torch.allclose(blind.logits[0, len(prompt) - 1:-1], full[len(prompt) - 1:-1])
+
+
 def test_kv_cache_decode_matches_full_forward(engine):
     prompt = [engine.vocab["<|t2i|>"], 3, 4, 5, engine.vocab["<|soi|>"]]
     extra = [engine.vocab.image_id(i) for i in (1, 7, 3, 9)]

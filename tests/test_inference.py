@@ -155,10 +155,14 @@ def test_compare_puts_two_evaluations_side_by_side(tmp_path, capsys):
         folder.mkdir()
         rows = [{"split": "test", "metric": "gen/acc", "group": "single", "value": v} for v in passes]
         rows += [{"split": "test", "metric": "und/acc", "group": "color", "value": 1.0} for _ in range(10)]
+        rows += [{"split": "holdout", "metric": "gen/acc", "group": "single", "value": v} for v in passes[:20]]
         (folder / "per_sample.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    table = {r["metric"]: r for r in compare(tmp_path / "a", tmp_path / "b")}
+    compared = compare(tmp_path / "a", tmp_path / "b")
+    table = {r["metric"]: r for r in compared}
+    assert [r["metric"] for r in compared] == ["gen/acc", "und/acc", "holdout/gen/acc"]  # test split first
     assert table["gen/acc"]["delta"] == pytest.approx(0.5) and table["gen/acc"]["significant"]
     assert table["und/acc"]["delta"] == 0 and not table["und/acc"]["significant"]
+    assert table["holdout/gen/acc"]["delta"] == pytest.approx(0.5)
     assert main(["evaluate", "--compare", str(tmp_path / "a"), str(tmp_path / "b"), "--report", str(tmp_path / "c.html")]) == 0
     assert "| gen/acc | 0.250 | 0.750 | +0.500 |" in capsys.readouterr().out
     page = (tmp_path / "c.html").read_text()

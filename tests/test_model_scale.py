@@ -9,6 +9,7 @@ import pytest
 
 from arm.config import load_config
 from arm.model.backbone import build_causal_lm, count_parameters
+from arm.model.vocab import SOI, Vocab
 from arm.pretrain import backbone_kwargs
 
 QWEN25_TEXT_ROWS = 152_064        # Qwen2.5-7B's (padded) embedding rows
@@ -16,8 +17,9 @@ QWEN25_TOKENIZER = 151_665        # tokens its tokenizer.json defines
 OUR_SPECIALS = 7                  # <|pad|> <|eos|> <|und|> <|t2i|> <|edit|> <|soi|> <|eoi|>
 
 
-def _meta_model(cfg, vocab_size: int):
-    kwargs = backbone_kwargs(cfg, vocab_size)
+def _meta_model(cfg, text_rows: int, codes: int = 0):
+    vocab = Vocab(text_rows, codes, {SOI: text_rows - 1})
+    kwargs = backbone_kwargs(cfg, vocab, cfg.tokenizer.grid)
     kwargs["pretrained_path"] = None  # the sizes in the preset; the checkpoint is not shipped
     return build_causal_lm(**kwargs, device="meta")
 
@@ -40,7 +42,7 @@ def test_7b_preset_unified_vocabulary_adds_the_image_codes():
     assert codes == 64_000
     vocab = QWEN25_TOKENIZER + OUR_SPECIALS + codes
     body = count_parameters(_meta_model(cfg, QWEN25_TEXT_ROWS)) - 2 * QWEN25_TEXT_ROWS * cfg.pretrain.hidden_size
-    model = _meta_model(cfg, vocab)
+    model = _meta_model(cfg, QWEN25_TOKENIZER + OUR_SPECIALS, codes)
     assert model.get_input_embeddings().weight.shape == (vocab, cfg.pretrain.hidden_size)
     assert model.get_output_embeddings().weight.shape == (vocab, cfg.pretrain.hidden_size)
     # Only the embeddings grow: 2 x 215,672 x 3,584 = 1.55B, 8.07B in all.

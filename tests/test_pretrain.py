@@ -10,7 +10,7 @@ import torch
 
 from arm.generate import Engine, Sampling
 from arm.model.sequences import generation_sequence
-from arm.model.vocab import Vocab
+from arm.model.vocab import SOI, Vocab
 from arm.pretrain import load_unified_model, pretrain_stage
 
 pytestmark = pytest.mark.slow
@@ -36,8 +36,8 @@ def test_pretrain_saves_a_model_the_engine_can_sample_from(encoded):
 
 def test_image_embeddings_start_from_the_tokenizer_codes(encoded):
     """pretrain.image_embedding_init=tokenizer: image-code rows follow the tokenizer's code features
-    (codes that differ in one FSQ level are nearer than codes that differ in all), keep the initial
-    spread, and leave the text rows alone; the same seed gives the same rows."""
+    (codes that differ in one FSQ level are nearer than codes that differ in all), are centred and
+    scaled like the text rows, and leave the text rows alone; the same seed gives the same rows."""
     from arm.config import load_config
     from arm.model.backbone import build_causal_lm
     from arm.pretrain import backbone_kwargs, init_image_embeddings
@@ -46,11 +46,11 @@ def test_image_embeddings_start_from_the_tokenizer_codes(encoded):
     cfg = load_config("configs/default.yaml", [f"run.artifacts_dir={encoded.artifacts}", *TINY,
                                                "pretrain.image_embedding_init=tokenizer"])
     fsq = VisualTokenizer.load(cfg.stage_dir("tokenizer")).fsq
-    vocab = Vocab(text_size=100, codebook_size=fsq.codebook_size)
+    vocab = Vocab(text_size=100, codebook_size=fsq.codebook_size, specials={SOI: 99})
     models = []
     for _ in range(2):
         torch.manual_seed(0)
-        models.append(build_causal_lm(**backbone_kwargs(cfg, vocab.size)))
+        models.append(build_causal_lm(**backbone_kwargs(cfg, vocab, cfg.tokenizer.grid)))
     before = models[0].get_input_embeddings().weight.clone()
     for model in models:
         init_image_embeddings(model, vocab, cfg.stage_dir("tokenizer"), seed=0)
@@ -58,7 +58,9 @@ def test_image_embeddings_start_from_the_tokenizer_codes(encoded):
     torch.testing.assert_close(table, models[1].get_input_embeddings().weight)
     torch.testing.assert_close(table[:100], before[:100])
     rows = table[100:]
-    assert abs(float(rows.std() / before[100:].std()) - 1) < 1e-3
+    # Centred and scaled like the text rows (a pretrained LM's rows would set both).
+    torch.testing.assert_close(rows.mean(0), before[:100].mean(0), rtol=0, atol=1e-6)
+    assert abs(float((rows - rows.mean(0)).std() / before[:100].std()) - 1) < 1e-3
     codes = fsq.indices_to_codes(torch.arange(fsq.codebook_size))
     one_level = (codes - codes[0]).ne(0).sum(1) == 1
     all_levels = (codes - codes[0]).ne(0).all(1)

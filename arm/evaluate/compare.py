@@ -44,8 +44,17 @@ def _paired(a: list[tuple[str | None, float]], b: list[tuple[str | None, float]]
     return [da[i] for i in items], [db[i] for i in items], [record_of(i) for i in items]
 
 
-def compare(a: str | Path, b: str | Path, keys=HEADLINE, seed: int = 0) -> list[dict]:
+def split_prefixes(keys) -> list[str]:
+    """'' for the test split, then 'holdout/' and any other split's prefix found among metric keys."""
+    return [""] + sorted({k.split("/", 1)[0] + "/" for k in keys if k.split("/", 1)[1] in HEADLINE})
+
+
+def compare(a: str | Path, b: str | Path, keys=None, seed: int = 0) -> list[dict]:
+    """Each metric both folders scored, B against A with a 95% interval: by default the headline metrics
+    of every split (test first, then e.g. `holdout/gen/acc`)."""
     va, vb = load_per_sample(a), load_per_sample(b)
+    if keys is None:
+        keys = [prefix + key for prefix in split_prefixes(va.keys() & vb.keys()) for key in HEADLINE]
     rows = []
     for key in keys:
         if key not in va or key not in vb:

@@ -14,21 +14,28 @@ from pathlib import Path
 
 import torch
 
+from arm.model.positions import CONFIG_KEY, with_image_positions
+
 
 def build_causal_lm(arch: str, vocab_size: int, hidden_size: int, num_layers: int, num_heads: int,
                     num_kv_heads: int, intermediate_size: int, max_position_embeddings: int = 4096,
                     rope_theta: float = 10000.0, tie_word_embeddings: bool = False, pretrained_path: str | None = None,
-                    device: str | torch.device | None = None):
+                    image_positions: dict | None = None, device: str | torch.device | None = None):
     """A causal LM over `vocab_size` ids. With `pretrained_path`, the checkpoint's weights and its own
     sizes are used, and the embedding (and output) rows are extended to `vocab_size`: new rows start at
-    the mean of the old ones, the usual way to add tokens without disturbing the model's outputs."""
-    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    the mean of the old ones, the usual way to add tokens without disturbing the model's outputs.
+    With `image_positions` ({grid, image_offset, codebook_size, soi_id}), image tokens also get learned
+    row and column embeddings (`arm.model.positions`)."""
+    from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     if pretrained_path:
         if not Path(pretrained_path).is_dir():
             raise ValueError(f"pretrain.pretrained_path {pretrained_path!r} is not a folder; point it at a local "
                              "checkpoint (config.json, weights) or leave it null to build the model from sizes")
-        model = AutoModelForCausalLM.from_pretrained(pretrained_path, local_files_only=True)
+        config = AutoConfig.from_pretrained(pretrained_path, local_files_only=True)
+        if image_positions:
+            setattr(config, CONFIG_KEY, dict(image_positions))
+        model = causal_lm_class(config).from_pretrained(pretrained_path, config=config, local_files_only=True)
         if model.get_input_embeddings().weight.shape[0] < vocab_size:
             model.resize_token_embeddings(vocab_size, mean_resizing=True)
         return model
@@ -42,10 +49,30 @@ def build_causal_lm(arch: str, vocab_size: int, hidden_size: int, num_layers: in
         config, cls = LlamaConfig(**common), LlamaForCausalLM
     else:
         raise ValueError(f"pretrain.arch must be qwen2 or llama, got {arch!r}")
+    if image_positions:
+        setattr(config, CONFIG_KEY, dict(image_positions))
+        cls = with_image_positions(cls)
     if device == "meta":
         with torch.device("meta"):
             return cls(config)
     return cls(config)
+
+
+def causal_lm_class(config) -> type:
+    """The class for a model config: the library's causal LM for its type, with image positions when the
+    config asks for them."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    base = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    return with_image_positions(base) if getattr(config, CONFIG_KEY, None) else base
+
+
+def load_causal_lm(folder: str | Path):
+    """A model saved by `save_pretrained` (ours, with or without image positions, or any causal LM)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    return causal_lm_class(config).from_pretrained(folder, local_files_only=True)
 
 
 def count_parameters(model) -> int:
