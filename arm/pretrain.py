@@ -107,6 +107,16 @@ def init_image_embeddings(model, vocab: Vocab, tokenizer_dir: Path, seed: int) -
             text.mean(0) + init * (text.std() / init.std()))
 
 
+def image_rows_pretrained(pretrained_path: str | None, vocab: Vocab) -> bool:
+    """Whether the checkpoint at `pretrained_path` already has image-code rows (a unified model trained
+    further), which initialisation must then leave alone; a text LM's vocabulary ends before them."""
+    if not pretrained_path:
+        return False
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(pretrained_path, local_files_only=True).vocab_size > vocab.image_offset
+
+
 def pretrain_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict | None:
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
@@ -142,8 +152,8 @@ def pretrain_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict |
                             max_steps=p.max_steps, min_lr_ratio=p.min_lr_ratio, schedule=p.schedule,
                             weight_decay=p.weight_decay, activation_checkpointing=p.activation_checkpointing,
                             fsdp_mixed_precision=fsdp_bf16)
-    if p.image_embedding_init == "tokenizer":  # (a resumed run's checkpoint overrides it)
-        init_image_embeddings(module.model, vocab, cfg.stage_dir("tokenizer"), p.seed)
+    if p.image_embedding_init == "tokenizer" and not image_rows_pretrained(p.pretrained_path, vocab):
+        init_image_embeddings(module.model, vocab, cfg.stage_dir("tokenizer"), p.seed)  # (a resumed checkpoint overrides it)
     # The codes themselves (not just their counts) and the training code decide whether a checkpoint fits.
     stamp = fingerprint(asdict(p), prepare_dir / "summary.json", *sorted(encode_dir.glob("*.npz")),
                         *source_files("model", "pretrain.py", "checkpoints.py", "schedules.py"))

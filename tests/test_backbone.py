@@ -49,3 +49,16 @@ def test_plain_checkpoints_load_as_the_library_class(pretrained):
     folder, original = pretrained
     loaded = load_causal_lm(folder)
     assert type(loaded) is type(original) and not uses_image_positions(loaded)
+
+
+def test_image_rows_are_initialised_only_where_the_checkpoint_lacks_them(pretrained, tmp_path):
+    """A text LM gets tokenizer-initialised image rows; a unified model trained further keeps its own."""
+    from arm.model.vocab import Vocab
+    from arm.pretrain import image_rows_pretrained
+
+    folder, _ = pretrained
+    vocab = Vocab(TEXT_ROWS, CODES)
+    assert not image_rows_pretrained(None, vocab) and not image_rows_pretrained(str(folder), vocab)
+    unified = build_causal_lm("qwen2", vocab.size, 0, 0, 0, 0, 0, pretrained_path=str(folder))
+    unified.save_pretrained(tmp_path / "unified")
+    assert image_rows_pretrained(str(tmp_path / "unified"), vocab)
