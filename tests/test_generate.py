@@ -13,27 +13,31 @@ from arm.text_tokenizer import SPECIAL_TOKENS
 TEXT, CODES = 40, 16
 
 
-@pytest.fixture(scope="module")
-def engine():
+def tiny_engine(grid: int | None = None) -> Engine:
+    """A 2-layer Qwen2 over TEXT text ids and CODES image codes; with `grid`, image row and column embeddings."""
     torch.manual_seed(0)
     vocab = Vocab(TEXT, CODES, {t: TEXT - len(SPECIAL_TOKENS) + i for i, t in enumerate(SPECIAL_TOKENS)})
+    positions = (dict(grid=grid, image_offset=vocab.image_offset, codebook_size=CODES, soi_id=vocab["<|soi|>"])
+                 if grid else None)
     model = build_causal_lm("qwen2", vocab.size, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
-                            intermediate_size=64)
+                            intermediate_size=64, image_positions=positions)
     return Engine(model, vocab)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return tiny_engine()
 
 
 @pytest.fixture(scope="module")
 def positions_engine():
     """An engine over a model with image row and column embeddings (a 3 x 3 grid)."""
-    torch.manual_seed(0)
-    vocab = Vocab(TEXT, CODES, {t: TEXT - len(SPECIAL_TOKENS) + i for i, t in enumerate(SPECIAL_TOKENS)})
-    positions = dict(grid=3, image_offset=vocab.image_offset, codebook_size=CODES, soi_id=vocab["<|soi|>"])
-    model = build_causal_lm("qwen2", vocab.size, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
-                            intermediate_size=64, image_positions=positions)
+    engine = tiny_engine(grid=3)
+    model = engine.model
     with torch.no_grad():  # large enough that a wrong cell would change the logits visibly
         model.row_embedding.weight.normal_(std=1.0)
         model.col_embedding.weight.normal_(std=1.0)
-    return Engine(model, vocab)
+    return engine
 
 
 def test_kv_cache_decode_matches_full_forward_with_image_positions(positions_engine):

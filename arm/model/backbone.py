@@ -26,15 +26,14 @@ def build_causal_lm(arch: str, vocab_size: int, hidden_size: int, num_layers: in
     the mean of the old ones, the usual way to add tokens without disturbing the model's outputs.
     With `image_positions` ({grid, image_offset, codebook_size, soi_id}), image tokens also get learned
     row and column embeddings (`arm.model.positions`)."""
-    from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import AutoConfig, LlamaConfig, Qwen2Config
 
     if pretrained_path:
         if not Path(pretrained_path).is_dir():
             raise ValueError(f"pretrain.pretrained_path {pretrained_path!r} is not a folder; point it at a local "
                              "checkpoint (config.json, weights) or leave it null to build the model from sizes")
-        config = AutoConfig.from_pretrained(pretrained_path, local_files_only=True)
-        if image_positions:
-            setattr(config, CONFIG_KEY, dict(image_positions))
+        config = with_image_positions_setting(AutoConfig.from_pretrained(pretrained_path, local_files_only=True),
+                                              image_positions)
         model = causal_lm_class(config).from_pretrained(pretrained_path, config=config, local_files_only=True)
         if model.get_input_embeddings().weight.shape[0] < vocab_size:
             model.resize_token_embeddings(vocab_size, mean_resizing=True)
@@ -43,19 +42,22 @@ def build_causal_lm(arch: str, vocab_size: int, hidden_size: int, num_layers: in
                   num_attention_heads=num_heads, num_key_value_heads=num_kv_heads, intermediate_size=intermediate_size,
                   max_position_embeddings=max_position_embeddings, rope_theta=rope_theta,
                   tie_word_embeddings=tie_word_embeddings)
-    if arch == "qwen2":
-        config, cls = Qwen2Config(**common), Qwen2ForCausalLM
-    elif arch == "llama":
-        config, cls = LlamaConfig(**common), LlamaForCausalLM
-    else:
+    configs = {"qwen2": Qwen2Config, "llama": LlamaConfig}
+    if arch not in configs:
         raise ValueError(f"pretrain.arch must be qwen2 or llama, got {arch!r}")
-    if image_positions:
-        setattr(config, CONFIG_KEY, dict(image_positions))
-        cls = with_image_positions(cls)
+    config = with_image_positions_setting(configs[arch](**common), image_positions)
+    cls = causal_lm_class(config)
     if device == "meta":
         with torch.device("meta"):
             return cls(config)
     return cls(config)
+
+
+def with_image_positions_setting(config, image_positions: dict | None):
+    """The config, asking for image row and column embeddings when `image_positions` is given."""
+    if image_positions:
+        setattr(config, CONFIG_KEY, dict(image_positions))
+    return config
 
 
 def causal_lm_class(config) -> type:
