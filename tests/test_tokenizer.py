@@ -8,6 +8,7 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 import torch
+from torch.testing import assert_close
 
 from arm.tokenizer.fsq import FSQ
 from arm.tokenizer.model import TokenizerModelConfig, VisualTokenizer
@@ -193,3 +194,24 @@ def test_lm_captioner_from_a_local_checkpoint_trains_only_its_prefix(tmp_path):
     model.save(tmp_path / "tok")
     again = VisualTokenizer.load(tmp_path / "tok")
     torch.testing.assert_close(again.captioner.prefix.weight, model.captioner.prefix.weight)
+
+
+@pytest.mark.parametrize("upsample", ["shuffle", "progressive"])
+@pytest.mark.parametrize("reads_codes", [False, True])
+def test_decode_of_encode_is_the_training_reconstruction(tmp_path, upsample, reads_codes):
+    """Every pixel-decoder variant: decoding the ids `encode` returns gives the image the training forward
+    pass reconstructs (the ids carry everything the decoder reads), and it survives save/load."""
+    torch.manual_seed(0)
+    model = VisualTokenizer(_tiny_cfg(decoder_upsample=upsample, decoder_reads_codes=reads_codes)).eval()
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        out = model(x)
+    assert out.reconstruction.shape == x.shape
+    assert_close(model.decode(model.encode(x)), out.reconstruction.clamp(-1, 1))
+    model.save(tmp_path)
+    assert_close(VisualTokenizer.load(tmp_path).decode(out.indices), out.reconstruction.clamp(-1, 1))
+
+
+def test_pixel_decoder_rejects_unknown_upsampling():
+    with pytest.raises(ValueError, match="decoder_upsample"):
+        VisualTokenizer(_tiny_cfg(decoder_upsample="bicubic"))

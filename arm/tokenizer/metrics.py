@@ -31,7 +31,7 @@ def encode_all(model: VisualTokenizer, pixels: np.ndarray, batch_size: int = 128
         indices.append(idx)
         up_all.append(up)
         if reconstruct:
-            recon.append(model.pixel_decoder(up).clamp(-1, 1))
+            recon.append(model.reconstruct(codes, up).clamp(-1, 1))
     up = torch.cat(up_all)
     out = {"indices": torch.cat(indices), "up": up, "pooled": up.mean(dim=(2, 3))}
     if reconstruct:

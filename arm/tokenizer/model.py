@@ -46,6 +46,8 @@ class TokenizerModelConfig:
     decoder_channels: int = 128      # pixel-decoder width at token resolution
     decoder_blocks: int = 2
     refine_channels: int = 16
+    decoder_upsample: str = "shuffle"  # shuffle | progressive (see PixelDecoder)
+    decoder_reads_codes: bool = False  # the pixel decoder reads the FSQ codes beside the up-projection
     text_dim: int = 384              # the frozen text encoder's embedding size
     vocab_size: int = 512            # caption vocabulary (the prepared text tokenizer)
     caption_dim: int = 128
@@ -67,25 +69,47 @@ class TokenizerOutput:
 
 
 class PixelDecoder(nn.Module):
-    """(B, C, g, g) -> (B, 3, S, S). All the width works at token resolution, where a CPU is efficient:
-    residual blocks on the grid, then a 1x1 convolution to every pixel of each token's p x p patch
-    (pixel shuffle, p = S / g), then a light full-resolution refinement that lets neighbouring patches
-    agree at their seams."""
+    """(B, C, g, g) -> (B, 3, S, S). Most of the width works at token resolution, where a CPU is efficient:
+    residual blocks on the grid, then one of two ways up to pixels:
+
+    - `shuffle`: a 1x1 convolution to every pixel of each token's p x p patch (pixel shuffle, p = S / g),
+      then a light full-resolution refinement that lets neighbouring patches agree at their seams;
+    - `progressive`: log2(p) doublings, each a pixel shuffle by 2 that halves the width followed by a
+      3x3 convolution, so edges and corners are drawn at every scale (sharper small shapes).
+    """
 
     def __init__(self, in_channels: int, grid: int, image_size: int, channels: int = 128, blocks: int = 2,
-                 refine_channels: int = 16):
+                 refine_channels: int = 16, upsample: str = "shuffle"):
         super().__init__()
         if image_size % grid:
             raise ValueError(f"data.image_size must be a multiple of tokenizer.grid, got {image_size} / {grid}")
+        if upsample not in ("shuffle", "progressive"):
+            raise ValueError(f"tokenizer.decoder_upsample must be 'shuffle' or 'progressive', got {upsample!r}")
         self.patch = image_size // grid
-        self.body = nn.Sequential(
-            nn.Conv2d(in_channels, channels, 3, padding=1), *[ResBlock(channels) for _ in range(blocks)],
-            nn.GroupNorm(8, channels), nn.SiLU(), nn.Conv2d(channels, 3 * self.patch**2, 1),
-        )
-        self.refine = nn.Sequential(nn.Conv2d(3, refine_channels, 3, padding=1), nn.SiLU(),
-                                    nn.Conv2d(refine_channels, 3, 3, padding=1)) if refine_channels else None
+        self.upsample = upsample
+        body = [nn.Conv2d(in_channels, channels, 3, padding=1), *[ResBlock(channels) for _ in range(blocks)],
+                nn.GroupNorm(8, channels), nn.SiLU()]
+        if upsample == "shuffle":
+            self.body = nn.Sequential(*body, nn.Conv2d(channels, 3 * self.patch**2, 1))
+            self.refine = nn.Sequential(nn.Conv2d(3, refine_channels, 3, padding=1), nn.SiLU(),
+                                        nn.Conv2d(refine_channels, 3, 3, padding=1)) if refine_channels else None
+            return
+        doublings = int(math.log2(self.patch))
+        if 2**doublings != self.patch:
+            raise ValueError(f"decoder_upsample 'progressive' needs a power-of-two patch, got {self.patch}")
+        up, width = [], channels
+        for _ in range(doublings):
+            narrower = max(refine_channels, width // 2)
+            # (B, w, h, h) -> (B, 4 w', h, h) -> pixel shuffle -> (B, w', 2h, 2h)
+            up += [nn.Conv2d(width, 4 * narrower, 1), nn.PixelShuffle(2), nn.SiLU(),
+                   nn.Conv2d(narrower, narrower, 3, padding=1), nn.SiLU()]
+            width = narrower
+        self.body = nn.Sequential(*body, *up, nn.Conv2d(width, 3, 3, padding=1))
+        self.refine = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.upsample == "progressive":
+            return self.body(x)
         pixels = F.pixel_shuffle(self.body(x), self.patch)  # (B, 3 p^2, g, g) -> (B, 3, S, S)
         return pixels + self.refine(pixels) if self.refine is not None else pixels
 
@@ -161,8 +185,8 @@ class VisualTokenizer(nn.Module):
                                      nn.Conv2d(cfg.hidden, self.fsq.dim, 1))
         self.up_project = nn.Sequential(nn.Conv2d(self.fsq.dim, cfg.hidden, 3, padding=1), ResBlock(cfg.hidden),
                                         nn.Conv2d(cfg.hidden, c, 1))
-        self.pixel_decoder = PixelDecoder(c, cfg.grid, cfg.image_size, cfg.decoder_channels, cfg.decoder_blocks,
-                                          cfg.refine_channels)
+        self.pixel_decoder = PixelDecoder(c + (self.fsq.dim if cfg.decoder_reads_codes else 0), cfg.grid, cfg.image_size, cfg.decoder_channels, cfg.decoder_blocks,
+                                          cfg.refine_channels, cfg.decoder_upsample)
         self.text_projection = nn.Linear(c, cfg.text_dim)
         # SigLIP's learnable temperature and bias, initialised as in the paper (t' = log 10, b = -10).
         self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
@@ -197,7 +221,13 @@ class VisualTokenizer(nn.Module):
             features = self.features(images)
         codes, indices = self.quantize(features, images)
         up = self.up_project(codes)
-        return TokenizerOutput(features, codes, indices, up, self.pixel_decoder(up))
+        return TokenizerOutput(features, codes, indices, up, self.reconstruct(codes, up))
+
+    def reconstruct(self, codes: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        """The pixel head: codes (B, d, g, g) and up-projected features (B, C, g, g) -> (B, 3, S, S).
+        L_feat pulls `up` towards the backbone's features, which blur hue and exact edges; with
+        `decoder_reads_codes` the decoder also sees the codes themselves, where that detail lives."""
+        return self.pixel_decoder(torch.cat([up, codes], dim=1) if self.cfg.decoder_reads_codes else up)
 
     def pooled_text_embedding(self, up: torch.Tensor) -> torch.Tensor:
         """(B, C, g, g) -> (B, text_dim) unit vectors for L_sig and retrieval."""
@@ -212,7 +242,7 @@ class VisualTokenizer(nn.Module):
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
         """token ids (B, g, g) -> images (B, 3, S, S) clamped to [-1, 1]."""
         codes = self.fsq.indices_to_codes(indices).permute(0, 3, 1, 2)
-        return self.pixel_decoder(self.up_project(codes)).clamp(-1, 1)
+        return self.reconstruct(codes, self.up_project(codes)).clamp(-1, 1)
 
     # --- checkpoints: safetensors + config.json -------------------------------------------------
 
