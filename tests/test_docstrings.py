@@ -18,3 +18,12 @@ MODULES.append("flows.lifecycle")
 def test_docstring_examples_run(name):
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS, verbose=False)
     assert result.failed == 0, f"{result.failed} docstring example(s) of {name} failed (output above)"
+
+
+@pytest.mark.parametrize("name", ["tokenizer_failures"])
+def test_benchmark_docstring_examples_run(name, monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS, verbose=False)
+    assert result.attempted > 0 and result.failed == 0, f"{result.failed} docstring example(s) of {name} failed"
