@@ -115,6 +115,9 @@ class TokenizerConfig:
     w_cap: float = 0.1
     foreground_weight: float = 3.0          # L_pix weight of pixels that are not background
     edge_weight: float = 0.0                # L_pix term on image differences (sharp edges)
+    w_gan: float = 0.0                      # PatchGAN adversarial term on the reconstruction (0: off)
+    gan_start_step: int = 0                 # the step the discriminator and its term start at
+    gan_channels: int = 32                  # the discriminator's first width
     # Optimisation
     max_train_images: int = 12000
     batch_size: int = 64

@@ -12,7 +12,8 @@ from torch.testing import assert_close
 
 from arm.tokenizer.fsq import FSQ
 from arm.tokenizer.model import TokenizerModelConfig, VisualTokenizer
-from arm.tokenizer.train import TokenizerModule, caption_loss, feature_loss, pixel_loss, sigmoid_loss
+from arm.tokenizer.train import (PatchDiscriminator, TokenizerModule, caption_loss, feature_loss, pixel_loss,
+                                 sigmoid_loss)
 
 
 @pytest.mark.parametrize("levels", [[8, 5, 5, 5], [8, 8, 8, 5, 5, 5], [2, 3]])
@@ -215,3 +216,51 @@ def test_decode_of_encode_is_the_training_reconstruction(tmp_path, upsample, rea
 def test_pixel_decoder_rejects_unknown_upsampling():
     with pytest.raises(ValueError, match="decoder_upsample"):
         VisualTokenizer(_tiny_cfg(decoder_upsample="bicubic"))
+
+
+def _gan_module(start: int = 0) -> TokenizerModule:
+    return TokenizerModule(asdict(_tiny_cfg()), {"pix": 1.0, "feat": 0.0, "sig": 0.0, "cap": 0.0, "gan": 0.5},
+                           lr=1e-3, warmup_steps=1, max_steps=10, gan_start_step=start, gan_channels=8)
+
+
+def _grads(module, loss) -> dict[str, torch.Tensor]:
+    module.zero_grad()
+    loss.backward()
+    return {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+
+
+def test_one_backward_gives_each_gan_network_its_own_gradient():
+    """The step's single objective (tokenizer total + discriminator hinge loss) must give the
+    discriminator exactly the hinge loss's gradient and the tokenizer exactly its own loss's, as two
+    separate backward passes would."""
+    torch.manual_seed(0)
+    module = _gan_module()
+    images = torch.rand(4, 3, 32, 32) * 2 - 1
+    batch = {"images": images, "caption_group": torch.full((4,), -1), "caption_ids": torch.full((4, 2), -100),
+             "text_emb": torch.zeros(4, 16)}
+    objective = _grads(module, module.training_step(batch, 0))
+    alone_disc = _grads(module, module.losses(batch)["disc"])
+    alone_total = _grads(module, module.losses(batch)["total"])
+    disc_names = [n for n in objective if n.startswith("discriminator.")]
+    assert disc_names and all(n.startswith("discriminator.") for n in alone_disc)
+    for n in disc_names:
+        assert_close(objective[n], alone_disc[n])
+    tokenizer_names = [n for n in objective if n.startswith("model.")]
+    assert tokenizer_names and not any(n.startswith("discriminator.") for n in alone_total)
+    for n in tokenizer_names:
+        assert_close(objective[n], alone_total[n])
+    # The adversarial term really reaches the tokenizer.
+    without_adv = _grads(module, module.losses(batch)["pix"])
+    assert not torch.allclose(alone_total["model.pixel_decoder.body.0.weight"],
+                              without_adv["model.pixel_decoder.body.0.weight"])
+
+
+def test_gan_waits_for_its_start_step_and_checks_its_width():
+    module = _gan_module(start=5)
+    batch = {"images": torch.zeros(2, 3, 32, 32), "caption_group": torch.full((2,), -1),
+             "caption_ids": torch.full((2, 2), -100), "text_emb": torch.zeros(2, 16)}
+    assert "adv" not in module.losses(batch) and "disc" not in module.losses(batch)
+    assert TokenizerModule(asdict(_tiny_cfg()), {"pix": 1.0, "feat": 0, "sig": 0, "cap": 0}, lr=1e-3,
+                           warmup_steps=1, max_steps=2).discriminator is None
+    with pytest.raises(ValueError, match="gan_channels"):
+        PatchDiscriminator(12)

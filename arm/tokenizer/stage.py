@@ -83,10 +83,12 @@ def tokenizer_stage(cfg: ArmConfig, *, max_steps: int | None = None, stop_at_ste
     text_emb = {"train": encoder.encode(train.captions), "val": encoder.encode(val.captions)}
     del encoder
     mcfg = model_config(cfg, text_emb["train"].shape[1], text_tokenizer.get_vocab_size())
-    module = TokenizerModule(asdict(mcfg), {"pix": t.w_pix, "feat": t.w_feat, "sig": t.w_sig, "cap": t.w_cap},
+    module = TokenizerModule(asdict(mcfg), {"pix": t.w_pix, "feat": t.w_feat, "sig": t.w_sig, "cap": t.w_cap,
+                                            "gan": t.w_gan},
                              lr=t.lr, warmup_steps=t.warmup_steps, max_steps=max_steps,
                              weight_decay=t.weight_decay, foreground_weight=t.foreground_weight,
-                             edge_weight=t.edge_weight)
+                             edge_weight=t.edge_weight, gan_start_step=t.gan_start_step,
+                             gan_channels=t.gan_channels)
     frozen = not module.model.backbone_trainable
     features = {s: (cache_features(module.model, d.pixels, f"tokenizer {s} features") if frozen else None)
                 for s, d in (("train", train), ("val", val))}

@@ -8,6 +8,9 @@
 - L_sig: SigLIP's sigmoid loss between pooled token features and frozen caption embeddings; pairs with
   the same caption count as positives.
 - L_cap: next-token cross-entropy of the caption decoder reading the token grid.
+
+Optional (`tokenizer.w_gan > 0`, from `gan_start_step`): a PatchGAN adversarial term on the
+reconstruction, L += w_gan * L_adv, with the discriminator trained on the hinge loss in the same step.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from __future__ import annotations
 import lightning as L
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
 
 from arm.images import grid_to_tensorboard, make_grid
 from arm.schedules import warmup_cosine
@@ -64,6 +69,45 @@ def caption_loss(logits: torch.Tensor, caption_ids: torch.Tensor) -> torch.Tenso
     return F.cross_entropy(logits.flatten(0, 1), caption_ids.flatten(), ignore_index=-100)
 
 
+class PatchDiscriminator(nn.Module):
+    """PatchGAN (pix2pix, VQGAN): strided convolutions whose every output is a real/fake logit for one
+    patch of the image, so it judges local texture and edges, where L1/L2 settle for blur.
+    (B, 3, S, S) -> (B, 1, S / 2^downsamplings, S / 2^downsamplings)."""
+
+    def __init__(self, channels: int = 32, downsamplings: int = 2):
+        super().__init__()
+        if channels % 8:
+            raise ValueError(f"tokenizer.gan_channels must be a multiple of 8 (group norm), got {channels}")
+        layers: list[nn.Module] = [nn.Conv2d(3, channels, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
+        width = channels
+        for _ in range(downsamplings - 1):
+            layers += [nn.Conv2d(width, 2 * width, 4, stride=2, padding=1), nn.GroupNorm(8, 2 * width),
+                       nn.LeakyReLU(0.2)]
+            width *= 2
+        layers += [nn.Conv2d(width, width, 3, padding=1), nn.GroupNorm(8, width), nn.LeakyReLU(0.2),
+                   nn.Conv2d(width, 1, 3, padding=1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+
+def discriminator_hinge_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """The discriminator's hinge loss: real patches above +1, reconstructed ones below -1."""
+    return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
+
+
+def adversarial_losses(discriminator: nn.Module, reconstruction: torch.Tensor,
+                       images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L_adv, L_disc) for one optimiser step over both networks. L_adv = -D(reconstruction) reaches the
+    tokenizer only: D runs on detached copies of its own weights. L_disc reaches D only: it sees the
+    reconstruction detached. So one backward pass of their sum gives each network its own gradient."""
+    frozen = {name: p.detach() for name, p in discriminator.named_parameters()}
+    adversarial = -functional_call(discriminator, frozen, (reconstruction,)).mean()
+    disc = discriminator_hinge_loss(discriminator(images), discriminator(reconstruction.detach()))
+    return adversarial, disc
+
+
 def psnr(reconstruction: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     """Peak signal-to-noise ratio in dB for images in [-1, 1] (peak-to-peak 2), averaged per image."""
     mse = (reconstruction.clamp(-1, 1) - images).pow(2).flatten(1).mean(dim=1).clamp(min=1e-10)
@@ -76,11 +120,14 @@ def psnr(reconstruction: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
 
 class TokenizerModule(L.LightningModule):
     def __init__(self, model_config: dict, weights: dict, lr: float, warmup_steps: int, max_steps: int,
-                 weight_decay: float = 0.0, foreground_weight: float = 1.0, edge_weight: float = 0.0):
+                 weight_decay: float = 0.0, foreground_weight: float = 1.0, edge_weight: float = 0.0,
+                 gan_start_step: int = 0, gan_channels: int = 32):
         super().__init__()
         self.save_hyperparameters()
         self.model = VisualTokenizer(TokenizerModelConfig(**model_config))
         self.weights = weights
+        # Training-only: the discriminator is checkpointed for resuming, never saved with the tokenizer.
+        self.discriminator = PatchDiscriminator(gan_channels) if weights.get("gan", 0) > 0 else None
         self.val_images: torch.Tensor | None = None  # a fixed batch for reconstruction grids
 
     def losses(self, batch: dict) -> dict[str, torch.Tensor]:
@@ -104,6 +151,10 @@ class TokenizerModule(L.LightningModule):
         else:
             losses["cap"] = zero
         losses["total"] = sum(w[k] * losses[k] for k in ("pix", "feat", "sig", "cap"))
+        if self.discriminator is not None and self.global_step >= self.hparams.gan_start_step:
+            losses["adv"], losses["disc"] = adversarial_losses(self.discriminator, out.reconstruction,
+                                                               batch["images"])
+            losses["total"] = losses["total"] + w["gan"] * losses["adv"]
         with torch.no_grad():
             losses["psnr"] = psnr(out.reconstruction, batch["images"])
             counts = torch.bincount(out.indices.flatten(), minlength=self.model.codebook_size).float()
@@ -116,7 +167,8 @@ class TokenizerModule(L.LightningModule):
         losses = self.losses(batch)
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=False)
         self.log("train/loss", losses["total"], prog_bar=True)
-        return losses["total"]
+        # The discriminator's loss rides along: it only has gradients on the discriminator.
+        return losses["total"] + losses["disc"] if "disc" in losses else losses["total"]
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         losses = self.losses(batch)
@@ -137,7 +189,7 @@ class TokenizerModule(L.LightningModule):
                                          self.global_step)
 
     def configure_optimizers(self):
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = [p for p in self.parameters() if p.requires_grad]  # the tokenizer and any discriminator
         opt = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay,
                                 betas=(0.9, 0.99))
         # Linear warmup, then cosine to 5% of the peak.
