@@ -14,7 +14,6 @@ import json
 import sys
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 import torch
 

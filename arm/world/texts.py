@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from arm.world.scene import (
-    COLORS, HOLDOUT_PAIRS, NUMBER_WORDS, PLURALS, POSITIONS, SEEN_THINGS, SHAPES, SIZE_NAMES,
+    COLORS, HOLDOUT_PAIRS, NUMBER_WORDS, PLURALS, POSITIONS, SEEN_THINGS, SHAPES,
     THING_COLOR, Obj, Scene, cell_row_col, sample_object, with_jitter,
 )
 
