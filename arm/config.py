@@ -100,7 +100,7 @@ class TokenizerConfig:
     decoder_channels: int = 128
     decoder_blocks: int = 2
     refine_channels: int = 16
-    decoder_upsample: str = "shuffle"   # shuffle | progressive
+    decoder_upsample: str = "shuffle"       # shuffle | progressive
     decoder_reads_codes: bool = True        # pixel decoder reads the FSQ codes beside the up-projection
     text_encoder: str = "minilm"            # minilm | siglip2
     text_encoder_path: Optional[str] = None

@@ -47,7 +47,9 @@ class TokenizerModelConfig:
     decoder_blocks: int = 2
     refine_channels: int = 16
     decoder_upsample: str = "shuffle"  # shuffle | progressive (see PixelDecoder)
-    decoder_reads_codes: bool = False  # the pixel decoder reads the FSQ codes beside the up-projection
+    # The pixel decoder also reads the FSQ codes. False here so that checkpoints saved before the option
+    # existed load as they were trained; the presets turn it on.
+    decoder_reads_codes: bool = False
     text_dim: int = 384              # the frozen text encoder's embedding size
     vocab_size: int = 512            # caption vocabulary (the prepared text tokenizer)
     caption_dim: int = 128
@@ -85,18 +87,20 @@ class PixelDecoder(nn.Module):
             raise ValueError(f"data.image_size must be a multiple of tokenizer.grid, got {image_size} / {grid}")
         if upsample not in ("shuffle", "progressive"):
             raise ValueError(f"tokenizer.decoder_upsample must be 'shuffle' or 'progressive', got {upsample!r}")
-        self.patch = image_size // grid
-        self.upsample = upsample
+        patch = image_size // grid
         body = [nn.Conv2d(in_channels, channels, 3, padding=1), *[ResBlock(channels) for _ in range(blocks)],
                 nn.GroupNorm(8, channels), nn.SiLU()]
+        self.refine = None
         if upsample == "shuffle":
-            self.body = nn.Sequential(*body, nn.Conv2d(channels, 3 * self.patch**2, 1))
-            self.refine = nn.Sequential(nn.Conv2d(3, refine_channels, 3, padding=1), nn.SiLU(),
-                                        nn.Conv2d(refine_channels, 3, 3, padding=1)) if refine_channels else None
+            # (B, C, g, g) -> (B, 3 p^2, g, g) -> pixel shuffle -> (B, 3, S, S)
+            self.body = nn.Sequential(*body, nn.Conv2d(channels, 3 * patch**2, 1), nn.PixelShuffle(patch))
+            if refine_channels:
+                self.refine = nn.Sequential(nn.Conv2d(3, refine_channels, 3, padding=1), nn.SiLU(),
+                                            nn.Conv2d(refine_channels, 3, 3, padding=1))
             return
-        doublings = int(math.log2(self.patch))
-        if 2**doublings != self.patch:
-            raise ValueError(f"decoder_upsample 'progressive' needs a power-of-two patch, got {self.patch}")
+        doublings = int(math.log2(patch))
+        if 2**doublings != patch:
+            raise ValueError(f"decoder_upsample 'progressive' needs a power-of-two patch, got {patch}")
         up, width = [], channels
         for _ in range(doublings):
             narrower = max(refine_channels, width // 2)
@@ -105,12 +109,9 @@ class PixelDecoder(nn.Module):
                    nn.Conv2d(narrower, narrower, 3, padding=1), nn.SiLU()]
             width = narrower
         self.body = nn.Sequential(*body, *up, nn.Conv2d(width, 3, 3, padding=1))
-        self.refine = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.upsample == "progressive":
-            return self.body(x)
-        pixels = F.pixel_shuffle(self.body(x), self.patch)  # (B, 3 p^2, g, g) -> (B, 3, S, S)
+        pixels = self.body(x)  # (B, 3, S, S)
         return pixels + self.refine(pixels) if self.refine is not None else pixels
 
 
@@ -185,8 +186,9 @@ class VisualTokenizer(nn.Module):
                                      nn.Conv2d(cfg.hidden, self.fsq.dim, 1))
         self.up_project = nn.Sequential(nn.Conv2d(self.fsq.dim, cfg.hidden, 3, padding=1), ResBlock(cfg.hidden),
                                         nn.Conv2d(cfg.hidden, c, 1))
-        self.pixel_decoder = PixelDecoder(c + (self.fsq.dim if cfg.decoder_reads_codes else 0), cfg.grid, cfg.image_size, cfg.decoder_channels, cfg.decoder_blocks,
-                                          cfg.refine_channels, cfg.decoder_upsample)
+        decoder_in = c + (self.fsq.dim if cfg.decoder_reads_codes else 0)
+        self.pixel_decoder = PixelDecoder(decoder_in, cfg.grid, cfg.image_size, cfg.decoder_channels,
+                                          cfg.decoder_blocks, cfg.refine_channels, cfg.decoder_upsample)
         self.text_projection = nn.Linear(c, cfg.text_dim)
         # SigLIP's learnable temperature and bias, initialised as in the paper (t' = log 10, b = -10).
         self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
