@@ -223,6 +223,13 @@ def _gan_module(start: int = 0) -> TokenizerModule:
                            lr=1e-3, warmup_steps=1, max_steps=10, gan_start_step=start, gan_channels=8)
 
 
+def _uncaptioned_batch(images: torch.Tensor) -> dict:
+    """A training batch of images without captions (L_sig and L_cap have nothing to read)."""
+    n = len(images)
+    return {"images": images, "caption_group": torch.full((n,), -1), "caption_ids": torch.full((n, 2), -100),
+            "text_emb": torch.zeros(n, 16)}
+
+
 def _grads(module, loss) -> dict[str, torch.Tensor]:
     module.zero_grad()
     loss.backward()
@@ -235,9 +242,7 @@ def test_one_backward_gives_each_gan_network_its_own_gradient():
     separate backward passes would."""
     torch.manual_seed(0)
     module = _gan_module()
-    images = torch.rand(4, 3, 32, 32) * 2 - 1
-    batch = {"images": images, "caption_group": torch.full((4,), -1), "caption_ids": torch.full((4, 2), -100),
-             "text_emb": torch.zeros(4, 16)}
+    batch = _uncaptioned_batch(torch.rand(4, 3, 32, 32) * 2 - 1)
     objective = _grads(module, module.training_step(batch, 0))
     alone_disc = _grads(module, module.losses(batch)["disc"])
     alone_total = _grads(module, module.losses(batch)["total"])
@@ -257,8 +262,7 @@ def test_one_backward_gives_each_gan_network_its_own_gradient():
 
 def test_gan_waits_for_its_start_step_and_checks_its_width():
     module = _gan_module(start=5)
-    batch = {"images": torch.zeros(2, 3, 32, 32), "caption_group": torch.full((2,), -1),
-             "caption_ids": torch.full((2, 2), -100), "text_emb": torch.zeros(2, 16)}
+    batch = _uncaptioned_batch(torch.zeros(2, 3, 32, 32))
     assert "adv" not in module.losses(batch) and "disc" not in module.losses(batch)
     assert TokenizerModule(asdict(_tiny_cfg()), {"pix": 1.0, "feat": 0, "sig": 0, "cap": 0}, lr=1e-3,
                            warmup_steps=1, max_steps=2).discriminator is None
