@@ -162,6 +162,7 @@ class PretrainConfig:
     task_mix: Dict[str, float] = field(default_factory=lambda: {
         "t2i": 0.35, "edit": 0.25, "vqa": 0.2, "caption": 0.15, "text": 0.05})
     p_drop_condition: float = 0.1            # condition dropout for classifier-free guidance
+    questions_per_sequence: int = 1          # VQA: the image's other questions follow as turns (arm.model.data)
     batch_size: int = 32
     accumulate_grad_batches: int = 1
     max_steps: int = 3000
@@ -197,6 +198,9 @@ class PretrainConfig:
             raise ValueError(f"pretrain.task_mix has unknown tasks {sorted(unknown)}; use t2i, edit, vqa, caption, text")
         if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
             raise ValueError("pretrain.hidden_size must divide by num_heads, and num_heads by num_kv_heads")
+        if self.questions_per_sequence < 1:
+            raise ValueError(f"pretrain.questions_per_sequence must be at least 1 (1: one question per sequence), "
+                             f"got {self.questions_per_sequence}")
 
 
 @dataclass

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import random
+from types import SimpleNamespace
 
 import pytest
 
-from arm.model.sequences import IGNORE, build_sequence, editing_sequence, understanding_sequence
+from arm.model.data import TaskMixBatches
+from arm.model.sequences import IGNORE, build_sequence, editing_sequence, understanding_sequence, understanding_turns
 from arm.model.vocab import Vocab
 from arm.text_tokenizer import SPECIAL_TOKENS, train_bpe
 
@@ -49,3 +51,36 @@ def test_condition_dropout_rate(vocab):
     assert 0.08 < dropped < 0.12
     with pytest.raises(ValueError):
         build_sequence(vocab, {"task": "dance"}, codes, rng)
+
+
+def test_question_turns_share_one_image_and_train_every_answer(vocab):
+    first = understanding_sequence(vocab, [1, 2], [7, 8], [9])
+    ids, labels = understanding_turns(vocab, [1, 2], [([7, 8], [9]), ([5, 6], [4, 3])])
+    # The first turn is the understanding template itself; the second follows its <|eos|>.
+    assert (ids[:len(first[0])], labels[:len(first[1])]) == first
+    assert ids[len(first[0]):] == [5, 6, 4, 3, vocab["<|eos|>"]]
+    assert [l for l in labels if l != IGNORE] == [9, vocab["<|eos|>"], 4, 3, vocab["<|eos|>"]]
+    assert ids.count(vocab["<|soi|>"]) == 1
+
+
+def test_vqa_batches_ask_each_image_its_other_questions(vocab):
+    def question(i, image, q, a):
+        return {"id": f"q{i}", "task": "vqa", "image": image, "text_ids": q, "answer_ids": a}
+
+    pool = [question(0, "x", [7], [9]), question(1, "x", [8], [5]), question(2, "y", [6], [4])]
+    records = SimpleNamespace(codes={"x": [0, 1], "y": [2, 3]}, by_task={"vqa": pool},
+                              questions_by_image={"x": pool[:2], "y": pool[2:]})
+    sequences = {}
+    for per_sequence in (1, 2):
+        batch = TaskMixBatches(records, vocab, [], {"vqa": 1.0}, 16, 1, 0, 0.0,
+                               questions_per_sequence=per_sequence)[0]
+        sequences[per_sequence] = batch
+        answers = (batch["labels"] != IGNORE).sum(dim=1).tolist()
+        rows = batch["input_ids"].tolist()
+        for row, n in zip(rows, answers):
+            on_x = vocab.image_id(0) in row
+            # An image with two questions trains both answers (2 targets each with <|eos|>); y has one.
+            assert n == (4 if on_x and per_sequence == 2 else 2)
+    assert (sequences[1]["input_ids"][:, :6] == sequences[2]["input_ids"][:, :6]).all()  # same draws, same first turn
+    with pytest.raises(ValueError, match="questions_per_sequence"):
+        TaskMixBatches(records, vocab, [], {"vqa": 1.0}, 16, 1, 0, 0.0, questions_per_sequence=0)

@@ -61,3 +61,19 @@ def test_a_users_reward_is_loaded_by_name_and_bad_names_are_clear():
         resolve("beauty")
     with pytest.raises(ValueError, match="cannot load"):
         resolve("no_such_module:f")
+
+
+def test_exact_reward_is_all_or_nothing():
+    spec = parse_prompt("a large red circle at the center")
+    exact = resolve("exact")
+    assert exact(RewardSample("t2i", _px(RED_CIRCLE), spec=spec)) == 1.0
+    extra = Scene(RED_CIRCLE.objects + (Obj(cell=0, shape="square", color="blue", size="small"),))
+    # One extra object costs the dense reward one atom of several, the exact reward everything.
+    assert resolve("instruction")(RewardSample("t2i", _px(extra), spec=spec)) > 0.5
+    assert exact(RewardSample("t2i", _px(extra), spec=spec)) == 0.0
+    source = Scene((Obj(cell=0, shape="square", color="green", size="small"),
+                    Obj(cell=8, shape="triangle", color="yellow", size="large")))
+    edit = sample_edit(source, np.random.default_rng(0), jitter=0.0)
+    sample = dict(source=_px(source), source_scene=source, edit=edit)
+    assert exact(RewardSample("edit", _px(edit.target), **sample)) == 1.0
+    assert exact(RewardSample("edit", _px(source), **sample)) == 0.0

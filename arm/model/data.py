@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from arm.data.shards import load_examples
-from arm.model.sequences import IGNORE, build_sequence
+from arm.model.sequences import IGNORE, build_sequence, understanding_turns
 from arm.model.vocab import Vocab
 
 TASKS = ("t2i", "edit", "vqa", "caption", "text")
@@ -52,6 +52,9 @@ class TaskRecords:
             images = [r[k] for k in ("image", "source_image", "target_image") if k in r]
             if all(i in self.codes for i in images):
                 self.by_task[r["task"]].append(r)
+        self.questions_by_image: dict[str, list[dict]] = defaultdict(list)
+        for r in self.by_task.get("vqa", []):
+            self.questions_by_image[r["image"]].append(r)
 
     def counts(self) -> dict[str, int]:
         return {t: len(v) for t, v in sorted(self.by_task.items())}
@@ -70,11 +73,26 @@ def collate(sequences: list[tuple[list[int], list[int]]], pad_id: int) -> dict[s
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
+def vqa_turns_sequence(vocab: Vocab, record: dict, records: TaskRecords, rng: random.Random,
+                       questions_per_sequence: int) -> tuple[list[int], list[int]]:
+    """The drawn question first, then up to `questions_per_sequence - 1` other questions about the same
+    image in random order (`understanding_turns`)."""
+    others = [r for r in records.questions_by_image.get(record["image"], []) if r["id"] != record["id"]]
+    rng.shuffle(others)
+    chosen = [record] + others[: questions_per_sequence - 1]
+    return understanding_turns(vocab, records.codes[record["image"]],
+                               [(r["text_ids"], r["answer_ids"]) for r in chosen])
+
+
 class TaskMixBatches(torch.utils.data.Dataset):
-    """Item k = training batch `start_step + k`: a task drawn by `mix`, then `batch_size` of its records."""
+    """Item k = training batch `start_step + k`: a task drawn by `mix`, then `batch_size` of its records.
+    With `questions_per_sequence > 1`, a VQA sequence also asks the image's other questions as turns."""
 
     def __init__(self, records: TaskRecords, vocab: Vocab, describe_ids: list[int], mix: dict[str, float],
-                 batch_size: int, num_steps: int, seed: int, p_drop: float, start_step: int = 0):
+                 batch_size: int, num_steps: int, seed: int, p_drop: float, start_step: int = 0,
+                 questions_per_sequence: int = 1):
+        if questions_per_sequence < 1:
+            raise ValueError(f"pretrain.questions_per_sequence must be at least 1, got {questions_per_sequence}")
         tasks = [t for t in mix if mix[t] > 0 and records.by_task.get(t)]
         if not tasks:
             raise ValueError(f"no training records for any task in pretrain.task_mix {dict(mix)}; "
@@ -84,6 +102,7 @@ class TaskMixBatches(torch.utils.data.Dataset):
         self.records, self.vocab, self.describe_ids = records, vocab, describe_ids
         self.batch_size, self.num_steps, self.seed, self.p_drop, self.start_step = (
             batch_size, num_steps, seed, p_drop, start_step)
+        self.questions_per_sequence = questions_per_sequence
 
     def __len__(self) -> int:
         return max(0, self.num_steps - self.start_step)
@@ -94,7 +113,11 @@ class TaskMixBatches(torch.utils.data.Dataset):
         task = rng.choices(self.tasks, self.weights)[0]
         pool = self.records.by_task[task]
         chosen = [pool[rng.randrange(len(pool))] for _ in range(self.batch_size)]
-        seqs = [build_sequence(self.vocab, r, self.records.codes, rng, self.p_drop, self.describe_ids) for r in chosen]
+        if task == "vqa" and self.questions_per_sequence > 1:
+            seqs = [vqa_turns_sequence(self.vocab, r, self.records, rng, self.questions_per_sequence) for r in chosen]
+        else:
+            seqs = [build_sequence(self.vocab, r, self.records.codes, rng, self.p_drop, self.describe_ids)
+                    for r in chosen]
         rank, world = process_rank()
         if self.batch_size % world:
             raise ValueError(f"pretrain.batch_size {self.batch_size} must be a multiple of the number of "

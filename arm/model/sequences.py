@@ -1,6 +1,7 @@
 """Training sequences per task, as DESIGN.md fixes the templates (-> marks where the loss starts):
 
     understanding  <|und|> <|soi|> img <|eoi|> question  -> answer <|eos|>
+                   [question -> answer <|eos|>] ...  more questions about the same image, as turns
     captioning     <|und|> <|soi|> img <|eoi|> "describe the image." -> caption <|eos|>
     generation     <|t2i|> prompt <|soi|>  -> img <|eoi|>
     editing        <|edit|> <|soi|> src <|eoi|> instruction <|soi|>  -> tgt <|eoi|>
@@ -51,6 +52,19 @@ def understanding_sequence(vocab: Vocab, image, question: list[int], answer: lis
     prefix = understanding_prefix(vocab, image, question)
     target = list(answer) + [vocab[EOS]]
     return prefix + target, [IGNORE] * len(prefix) + target
+
+
+def understanding_turns(vocab: Vocab, image, turns: list[tuple[list[int], list[int]]]) -> tuple[list[int], list[int]]:
+    """Several questions about one image in one sequence: the first turn is exactly the understanding
+    template, each later `question -> answer <|eos|>` follows the previous answer. The image prefix is
+    paid for once and trains every answer (a VQA answer is 1 to 3 tokens after 66 image tokens)."""
+    (question, answer), *rest = turns
+    ids, labels = understanding_sequence(vocab, image, question, answer)
+    for question, answer in rest:
+        target = list(answer) + [vocab[EOS]]
+        ids += list(question) + target
+        labels += [IGNORE] * len(question) + target
+    return ids, labels
 
 
 def generation_sequence(vocab: Vocab, prompt: list[int], image) -> tuple[list[int], list[int]]:

@@ -7,7 +7,9 @@ Built in:
   atoms (editing) that the verifier finds met in the image;
 - `consistency` (editing): the fraction of preservation atoms met (untouched objects unchanged, nothing
   extra), times the fraction of pixels outside the edited cells left as they were;
-- `quality`: 0.5 realism + 0.5 cleanliness (WORLD.md), the same for both tasks.
+- `quality`: 0.5 realism + 0.5 cleanliness (WORLD.md), the same for both tasks;
+- `exact`: 1 when every constraint is met (generation: GenEval's pass, no object missing or extra;
+  editing: the instruction done and everything else kept), else 0.
 A user's own reward is named `package.module:function` in `rl.rewards` and gets the same sample.
 
 >>> # total = combined_reward({"instruction": 1.0, "quality": 0.2})(sample)
@@ -22,7 +24,7 @@ from typing import Callable
 import numpy as np
 
 from arm.world.scene import Scene, cell_row_col
-from arm.world.scores import cleanliness, consistency, edit_atoms, realism
+from arm.world.scores import cleanliness, consistency, edit_atoms, generation_pass, realism
 from arm.world.texts import Edit, GenSpec
 from arm.world.verifier import parse
 
@@ -52,6 +54,16 @@ def instruction_reward(s: RewardSample) -> float:
     return met / total
 
 
+def exact_reward(s: RewardSample) -> float:
+    """1 when the verifier finds every constraint met (GenEval's pass for a prompt: nothing missing,
+    nothing extra; for an edit, the instruction done and everything else kept), else 0. The dense
+    `instruction` reward gives an extra object one atom of many; this one gives it the whole reward."""
+    if s.task == "t2i":
+        return float(generation_pass(s.spec, s.parsed))
+    met, total, kept, kept_total = edit_atoms(s.source_scene, s.edit, s.parsed)
+    return float(met == total and kept == kept_total)
+
+
 def _outside_edit_mask(edit: Edit, size: int) -> np.ndarray:
     """(S, S) True outside the grid cells the edit touches."""
     mask = np.ones((size, size), bool)
@@ -78,7 +90,8 @@ def quality_reward(s: RewardSample) -> float:
 
 
 BUILT_IN: dict[str, Callable[[RewardSample], float]] = {
-    "instruction": instruction_reward, "consistency": consistency_reward, "quality": quality_reward}
+    "instruction": instruction_reward, "consistency": consistency_reward, "quality": quality_reward,
+    "exact": exact_reward}
 
 
 def resolve(name: str) -> Callable[[RewardSample], float]:
