@@ -263,8 +263,9 @@ class EvaluateConfig:
     splits: List[str] = field(default_factory=lambda: ["test", "holdout"])
     limit: Optional[int] = None              # records per task and split (None: all)
     samples_per_prompt: int = 4
-    guidance_scale: float = 3.0              # text guidance (generation and editing)
+    guidance_scale: float = 3.0              # text guidance (editing; generation too unless set below)
     image_guidance_scale: float = 1.5        # source-image guidance (editing)
+    generation_guidance_scale: Optional[float] = None  # text guidance for generation (None: guidance_scale)
     temperature: float = 1.0
     top_k: int = 0
     batch_size: int = 64

@@ -87,7 +87,7 @@ def to_png(image: np.ndarray):
 class GenerationRequest:
     prompt: str
     num_images: int = 1
-    guidance_scale: float = 3.0
+    guidance_scale: float = 2.0    # generation's text guidance, as the evaluation samples (configs/default.yaml)
     temperature: float = 0.5
     top_k: int = 0
     seed: int = 0

@@ -145,7 +145,7 @@ class ARM:
         self,
         prompt: str = "a large red circle at the center",
         num_images: Annotated[int, Ge(1), Le(8)] = 1,
-        guidance_scale: Annotated[float, Ge(0), Le(20)] = 3.0,
+        guidance_scale: Annotated[float, Ge(0), Le(20)] = 2.0,
         temperature: Annotated[float, Ge(0), Le(5)] = 0.5,
         top_k: Annotated[int, Ge(0), Le(100_000)] = 0,
         seed: Annotated[int, Ge(0), Le(2**31 - 1)] = 0,

@@ -87,6 +87,23 @@ def test_world_evaluation_scores_every_task(trained, pipe):
     assert all(math.isfinite(v) for v in metrics.values())
 
 
+def test_generation_is_scored_at_its_own_guidance_scale(trained, pipe):
+    """evaluate.generation_guidance_scale samples generation at its scale; editing keeps guidance_scale."""
+    from arm.evaluate.world import EvalSettings, Samples, SplitData, evaluate_generation
+
+    data = SplitData(trained.stage_dir("prepare"), "test")
+    prompts = [r["text"] for r in data.task("t2i", 3)]
+    settings = EvalSettings(limit=3, guidance=Guidance(3.0, 1.5), generation_guidance_scale=2.0, temperature=1.0)
+    samples = Samples()
+    evaluate_generation(pipe, data, settings, samples)
+    scored = [s["image"] for s in samples.generation]
+    at_two = pipe.generate(prompts, Guidance(2.0, 1.5), Sampling(1.0, 0, seed=0))
+    at_three = pipe.generate(prompts, Guidance(3.0, 1.5), Sampling(1.0, 0, seed=0))
+    assert all(np.array_equal(a, b) for a, b in zip(scored, at_two))
+    assert not all(np.array_equal(a, b) for a, b in zip(scored, at_three))
+    assert EvalSettings(guidance=Guidance(3.0, 1.5)).generation_guidance == Guidance(3.0, 1.5)
+
+
 def test_training_writes_sample_grids_to_tensorboard(trained):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

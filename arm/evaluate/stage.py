@@ -60,7 +60,7 @@ def evaluate_stage(cfg: ArmConfig) -> dict:
     pipe = Pipeline.load(cfg.model_dir(e.model), cfg.stage_dir("tokenizer"), batch_size=e.batch_size)
     settings = EvalSettings(limit=e.limit, samples_per_prompt=e.samples_per_prompt,
                             guidance=Guidance(e.guidance_scale, e.image_guidance_scale), temperature=e.temperature,
-                            top_k=e.top_k, seed=e.seed)
+                            top_k=e.top_k, seed=e.seed, generation_guidance_scale=e.generation_guidance_scale)
     out = cfg.stage_dir("evaluate")
     metrics: dict[str, float] = {}
     intervals: dict[str, dict] = {}
@@ -98,7 +98,8 @@ def evaluate_stage(cfg: ArmConfig) -> dict:
     with open(out / "per_sample.jsonl", "w", encoding="utf-8") as f:  # for `arm evaluate --compare`
         f.writelines(json.dumps(row, sort_keys=True) + "\n" for row in per_sample)
     meta = {"model": str(cfg.model_dir(e.model)), "tokenizer": str(cfg.stage_dir("tokenizer")),
-            "guidance": f"text {e.guidance_scale}, image {e.image_guidance_scale}",
+            "guidance": f"generation {settings.generation_guidance.scale}; editing: text {e.guidance_scale}, "
+                        f"image {e.image_guidance_scale}",
             "sampling": f"temperature {e.temperature}, top-k {e.top_k or 'off'}, seed {e.seed}",
             "samples per prompt": e.samples_per_prompt, "intervals": "95% bootstrap, 1,000 resamples"}
     (out / "report.html").write_text(render_report(report_parts, "arm evaluation: world benchmarks", meta),

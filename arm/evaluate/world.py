@@ -40,6 +40,15 @@ class EvalSettings:
     temperature: float = 1.0
     top_k: int = 0
     seed: int = 0
+    # Generation's own text scale (None: guidance.scale). Guidance trades missing objects for extra ones
+    # differently from how it trades a kept source for a done edit (benchmarks/generation_failures.py).
+    generation_guidance_scale: float | None = None
+
+    @property
+    def generation_guidance(self) -> Guidance:
+        if self.generation_guidance_scale is None:
+            return self.guidance
+        return Guidance(self.generation_guidance_scale, self.guidance.image_scale)
 
 
 @dataclass
@@ -146,7 +155,7 @@ def evaluate_generation(pipe: Pipeline, data: SplitData, settings: EvalSettings,
     first = len(samples.scores)
     k = settings.samples_per_prompt
     prompts = [r["text"] for r in records for _ in range(k)]
-    images = pipe.generate(prompts, settings.guidance,
+    images = pipe.generate(prompts, settings.generation_guidance,
                            Sampling(settings.temperature, settings.top_k, seed=settings.seed))
     for i, image in enumerate(images):
         r, item = records[i // k], f"{records[i // k]['id']}#{i % k}"
