@@ -144,11 +144,12 @@ class ARM:
     async def generate(
         self,
         prompt: str = "a large red circle at the center",
-        num_images: Annotated[int, Ge(1), Le(8)] = 1,
-        guidance_scale: Annotated[float, Ge(0), Le(20)] = 2.0,
-        temperature: Annotated[float, Ge(0), Le(5)] = 0.5,
-        top_k: Annotated[int, Ge(0), Le(100_000)] = 0,
-        seed: Annotated[int, Ge(0), Le(2**31 - 1)] = 0,
+        # Defaults are GenerationRequest's, so the HTTP API and Python callers sample alike.
+        num_images: Annotated[int, Ge(1), Le(8)] = GenerationRequest.num_images,
+        guidance_scale: Annotated[float, Ge(0), Le(20)] = GenerationRequest.guidance_scale,
+        temperature: Annotated[float, Ge(0), Le(5)] = GenerationRequest.temperature,
+        top_k: Annotated[int, Ge(0), Le(100_000)] = GenerationRequest.top_k,
+        seed: Annotated[int, Ge(0), Le(2**31 - 1)] = GenerationRequest.seed,
     ) -> Image.Image:
         """Text -> PNG (several images side by side when num_images > 1). The same seed gives the same
         images, whatever else the server is doing."""
