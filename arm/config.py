@@ -102,6 +102,7 @@ class TokenizerConfig:
     refine_channels: int = 16
     decoder_upsample: str = "shuffle"       # shuffle | progressive
     decoder_reads_codes: bool = True        # pixel decoder reads the FSQ codes beside the up-projection
+    decoder_patch_hidden: int = 0           # per-token MLP that draws each patch (0: one linear layer)
     text_encoder: str = "minilm"            # minilm | siglip2
     text_encoder_path: Optional[str] = None
     caption_dim: int = 128

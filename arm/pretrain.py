@@ -24,6 +24,7 @@ from arm.checkpoints import fingerprint, resume_point, source_files, stop_at
 from arm.config import ArmConfig
 from arm.model.data import DESCRIBE, EvalBatches, TaskMixBatches, TaskRecords
 from arm.model.vocab import Vocab
+from arm.precision import warn_if_bf16_is_emulated
 from arm.progress import quiet_lightning, training_progress
 
 
@@ -147,6 +148,7 @@ def pretrain_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict |
     print(f"pretrain: vocabulary {vocab.size} ({vocab.text_size} text + {vocab.codebook_size} image codes); "
           f"training records {train.counts()}", file=sys.stderr)
 
+    warn_if_bf16_is_emulated(p.precision, p.accelerator, "pretrain.precision")
     fsdp_bf16 = p.strategy == "fsdp" and p.precision.startswith("bf16")
     module = PretrainModule(backbone_kwargs(cfg, vocab, info.grid), lr=p.lr, warmup_steps=p.warmup_steps,
                             max_steps=p.max_steps, min_lr_ratio=p.min_lr_ratio, schedule=p.schedule,

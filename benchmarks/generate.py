@@ -1,6 +1,7 @@
 """Unified-model speed: decoding with and without the KV cache, the cost of batched classifier-free
-guidance, batch scaling, and training throughput with its achieved FLOP/s against a plain matmul
-measured in the same run (a CPU's practical peak, the denominator of our MFU).
+guidance, batch scaling, and training throughput (fp32 and bf16 autocast) with its achieved FLOP/s
+against a plain matmul of the same dtype measured in the same run (a CPU's practical peak, the
+denominator of our MFU).
 
     python benchmarks/generate.py                                   # the trained artifacts/pretrain
     python benchmarks/generate.py --model path --config configs/small.yaml --device cuda
@@ -127,25 +128,30 @@ def main() -> None:
         result[f"guided_images_per_s_batch{b}"] = b / guided
         result[f"guidance_cost_ratio_batch{b}"] = guided / plain
 
-    # Training throughput: forward, backward and AdamW on a batch like the task mix's (length ~90).
+    # Training throughput: forward, backward and AdamW on a batch like the task mix's (length ~90), in fp32
+    # and under bf16 autocast (what `pretrain.precision: bf16-mixed` runs), each against a matmul of its dtype.
     p = cfg.pretrain
     seq_len = 90
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     ids = torch.randint(0, vocab.size, (p.batch_size, seq_len), device=device)
+    result.update({"train_batch": p.batch_size, "train_seq_len": seq_len, "train_precision": p.precision})
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        def train_step():
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+                logits = model(input_ids=ids).logits
+            next_token_loss(logits, ids).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
 
-    def train_step():
-        loss = next_token_loss(model(input_ids=ids).logits, ids)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    seconds = _timed(train_step, device, repeats=args.train_steps)
-    tokens_per_s = p.batch_size * seq_len / seconds
-    achieved = tokens_per_s * training_flops_per_token(model, seq_len)
-    peak = matmul_flops(device, torch.float32)
-    result.update({"train_batch": p.batch_size, "train_seq_len": seq_len, "train_tokens_per_s": tokens_per_s,
-                   "train_flops_per_s": achieved, "matmul_flops_per_s": peak, "mfu_vs_matmul": achieved / peak})
+        seconds = _timed(train_step, device, repeats=args.train_steps)
+        tokens_per_s = p.batch_size * seq_len / seconds
+        achieved = tokens_per_s * training_flops_per_token(model, seq_len)
+        peak = matmul_flops(device, dtype)
+        suffix = "" if name == "fp32" else "_bf16"
+        result.update({f"train_tokens_per_s{suffix}": tokens_per_s, f"train_flops_per_s{suffix}": achieved,
+                       f"matmul_flops_per_s{suffix}": peak, f"mfu_vs_matmul{suffix}": achieved / peak})
+    result["train_bf16_speedup"] = result["train_tokens_per_s_bf16"] / result["train_tokens_per_s"]
 
     report(result, args.out)
 

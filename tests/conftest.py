@@ -75,7 +75,7 @@ def project_copy(dest: Path) -> Path:
 TINY = ["tokenizer.max_steps=4", "tokenizer.val_every_steps=2", "tokenizer.batch_size=8",
         "tokenizer.max_train_images=48", "tokenizer.num_val_images=16", "tokenizer.hidden=16",
         "tokenizer.decoder_channels=16", "tokenizer.caption_dim=16", "tokenizer.caption_layers=1",
-        "tokenizer.warmup_steps=1",
+        "tokenizer.warmup_steps=1", "tokenizer.decoder_patch_hidden=32",
         "pretrain.hidden_size=32", "pretrain.num_layers=2", "pretrain.num_heads=4", "pretrain.num_kv_heads=2",
         "pretrain.intermediate_size=64", "pretrain.batch_size=4", "pretrain.max_steps=6",
         "pretrain.val_every_steps=3", "pretrain.warmup_steps=2", "pretrain.val_records_per_task=8",

@@ -197,13 +197,14 @@ def test_lm_captioner_from_a_local_checkpoint_trains_only_its_prefix(tmp_path):
     torch.testing.assert_close(again.captioner.prefix.weight, model.captioner.prefix.weight)
 
 
-@pytest.mark.parametrize("upsample", ["shuffle", "progressive"])
+@pytest.mark.parametrize("upsample,patch_hidden", [("shuffle", 0), ("shuffle", 48), ("progressive", 0)])
 @pytest.mark.parametrize("reads_codes", [False, True])
-def test_decode_of_encode_is_the_training_reconstruction(tmp_path, upsample, reads_codes):
+def test_decode_of_encode_is_the_training_reconstruction(tmp_path, upsample, patch_hidden, reads_codes):
     """Every pixel-decoder variant: decoding the ids `encode` returns gives the image the training forward
     pass reconstructs (the ids carry everything the decoder reads), and it survives save/load."""
     torch.manual_seed(0)
-    model = VisualTokenizer(_tiny_cfg(decoder_upsample=upsample, decoder_reads_codes=reads_codes)).eval()
+    model = VisualTokenizer(_tiny_cfg(decoder_upsample=upsample, decoder_reads_codes=reads_codes,
+                                      decoder_patch_hidden=patch_hidden)).eval()
     x = torch.rand(3, 3, 32, 32) * 2 - 1
     with torch.no_grad():
         out = model(x)

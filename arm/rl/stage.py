@@ -25,6 +25,7 @@ import torch
 
 from arm.checkpoints import fingerprint, resume_point, source_files, stop_at
 from arm.config import ArmConfig
+from arm.precision import warn_if_bf16_is_emulated
 
 
 def reward_summary(history: list[dict]) -> dict[str, float]:
@@ -96,6 +97,7 @@ def rl_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict | None:
     module = GRPOModule(model, reference, visual, info, text_tokenizer, reward_fn, r, replay)
     loader = torch.utils.data.DataLoader(prompts, batch_size=None, shuffle=False)
     log_name = "rl" if not r.out_dir else f"rl-{out.name}"
+    warn_if_bf16_is_emulated(r.precision, r.accelerator, "rl.precision")
     trainer = L.Trainer(
         max_steps=total_updates, max_epochs=-1, accelerator=r.accelerator, devices=r.devices,
         precision=r.precision, use_distributed_sampler=False,

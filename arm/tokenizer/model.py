@@ -50,6 +50,9 @@ class TokenizerModelConfig:
     # The pixel decoder also reads the FSQ codes. False here so that checkpoints saved before the option
     # existed load as they were trained; the presets turn it on.
     decoder_reads_codes: bool = False
+    # Hidden width of a per-token MLP that draws each p x p patch (shuffle upsampling); 0 = one linear
+    # layer, whose rank (decoder_channels) caps what patches it can draw: 128 < 3 * 8 * 8 at the default.
+    decoder_patch_hidden: int = 0
     text_dim: int = 384              # the frozen text encoder's embedding size
     vocab_size: int = 512            # caption vocabulary (the prepared text tokenizer)
     caption_dim: int = 128
@@ -81,7 +84,7 @@ class PixelDecoder(nn.Module):
     """
 
     def __init__(self, in_channels: int, grid: int, image_size: int, channels: int = 128, blocks: int = 2,
-                 refine_channels: int = 16, upsample: str = "shuffle"):
+                 refine_channels: int = 16, upsample: str = "shuffle", patch_hidden: int = 0):
         super().__init__()
         if image_size % grid:
             raise ValueError(f"data.image_size must be a multiple of tokenizer.grid, got {image_size} / {grid}")
@@ -92,8 +95,12 @@ class PixelDecoder(nn.Module):
                 nn.GroupNorm(8, channels), nn.SiLU()]
         self.refine = None
         if upsample == "shuffle":
-            # (B, C, g, g) -> (B, 3 p^2, g, g) -> pixel shuffle -> (B, 3, S, S)
-            self.body = nn.Sequential(*body, nn.Conv2d(channels, 3 * patch**2, 1), nn.PixelShuffle(patch))
+            # (B, C, g, g) -> (B, 3 p^2, g, g) -> pixel shuffle -> (B, 3, S, S). A linear 1x1 layer draws every
+            # patch from `channels` basis patches; the MLP (patch_hidden > 0) lifts that rank limit and draws
+            # sharp edges as a nonlinear function of the token's features, still at token resolution.
+            draw = ([nn.Conv2d(channels, patch_hidden, 1), nn.SiLU(), nn.Conv2d(patch_hidden, 3 * patch**2, 1)]
+                    if patch_hidden else [nn.Conv2d(channels, 3 * patch**2, 1)])
+            self.body = nn.Sequential(*body, *draw, nn.PixelShuffle(patch))
             if refine_channels:
                 self.refine = nn.Sequential(nn.Conv2d(3, refine_channels, 3, padding=1), nn.SiLU(),
                                             nn.Conv2d(refine_channels, 3, 3, padding=1))
@@ -188,7 +195,8 @@ class VisualTokenizer(nn.Module):
                                         nn.Conv2d(cfg.hidden, c, 1))
         decoder_in = c + (self.fsq.dim if cfg.decoder_reads_codes else 0)
         self.pixel_decoder = PixelDecoder(decoder_in, cfg.grid, cfg.image_size, cfg.decoder_channels,
-                                          cfg.decoder_blocks, cfg.refine_channels, cfg.decoder_upsample)
+                                          cfg.decoder_blocks, cfg.refine_channels, cfg.decoder_upsample,
+                                          cfg.decoder_patch_hidden)
         self.text_projection = nn.Linear(c, cfg.text_dim)
         # SigLIP's learnable temperature and bias, initialised as in the paper (t' = log 10, b = -10).
         self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))

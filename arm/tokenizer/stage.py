@@ -34,6 +34,7 @@ def model_config(cfg: ArmConfig, text_dim: int, vocab_size: int) -> TokenizerMod
         image_size=cfg.data.image_size, grid=t.grid, fsq_levels=list(t.fsq_levels), hidden=t.hidden, pixel_skip=t.pixel_skip,
         decoder_channels=t.decoder_channels, decoder_blocks=t.decoder_blocks, refine_channels=t.refine_channels,
         decoder_upsample=t.decoder_upsample, decoder_reads_codes=t.decoder_reads_codes,
+        decoder_patch_hidden=t.decoder_patch_hidden,
         text_dim=text_dim, vocab_size=vocab_size, caption_dim=t.caption_dim, caption_layers=t.caption_layers,
         max_caption_tokens=t.max_caption_tokens, caption_lm_path=t.caption_lm_path,
     )
