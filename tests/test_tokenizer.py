@@ -219,6 +219,11 @@ def test_pixel_decoder_rejects_unknown_upsampling():
         VisualTokenizer(_tiny_cfg(decoder_upsample="bicubic"))
 
 
+def test_patch_mlp_is_refused_where_nothing_would_use_it():
+    with pytest.raises(ValueError, match="decoder_patch_hidden"):
+        VisualTokenizer(_tiny_cfg(decoder_upsample="progressive", decoder_patch_hidden=32))
+
+
 def _gan_module(start: int = 0) -> TokenizerModule:
     return TokenizerModule(asdict(_tiny_cfg()), {"pix": 1.0, "feat": 0.0, "sig": 0.0, "cap": 0.0, "gan": 0.5},
                            lr=1e-3, warmup_steps=1, max_steps=10, gan_start_step=start, gan_channels=8)
@@ -269,3 +274,21 @@ def test_gan_waits_for_its_start_step_and_checks_its_width():
                            warmup_steps=1, max_steps=2).discriminator is None
     with pytest.raises(ValueError, match="gan_channels"):
         PatchDiscriminator(12)
+
+
+@pytest.mark.parametrize("patch_hidden", [0, 64])
+def test_patch_mlp_draws_patches_beyond_the_linear_layers_rank(patch_hidden):
+    """One 1x1 layer draws every p x p patch from `decoder_channels` basis patches (plus its bias): the
+    patches span at most that many dimensions of the 3 p^2 there are. The per-token MLP is not bound by it."""
+    import torch.nn.functional as F
+
+    from arm.tokenizer.model import PixelDecoder
+
+    torch.manual_seed(0)
+    decoder = PixelDecoder(12, grid=4, image_size=32, channels=16, blocks=1, refine_channels=0,
+                           patch_hidden=patch_hidden)
+    with torch.no_grad():
+        pixels = decoder(torch.randn(64, 12, 4, 4))                                   # (B, 3, 32, 32)
+    patches = F.pixel_unshuffle(pixels, 8).permute(0, 2, 3, 1).reshape(-1, 3 * 8 * 8)  # (B g g, 192)
+    rank = int(torch.linalg.matrix_rank(patches, rtol=1e-4))  # float32 round-off stays below 1e-4
+    assert rank <= 16 + 1 if patch_hidden == 0 else rank > 16 + 1

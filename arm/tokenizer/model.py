@@ -90,6 +90,9 @@ class PixelDecoder(nn.Module):
             raise ValueError(f"data.image_size must be a multiple of tokenizer.grid, got {image_size} / {grid}")
         if upsample not in ("shuffle", "progressive"):
             raise ValueError(f"tokenizer.decoder_upsample must be 'shuffle' or 'progressive', got {upsample!r}")
+        if patch_hidden and upsample != "shuffle":
+            raise ValueError("tokenizer.decoder_patch_hidden draws patches for decoder_upsample 'shuffle'; "
+                             f"set it to 0 for {upsample!r}")
         patch = image_size // grid
         body = [nn.Conv2d(in_channels, channels, 3, padding=1), *[ResBlock(channels) for _ in range(blocks)],
                 nn.GroupNorm(8, channels), nn.SiLU()]
