@@ -1,9 +1,9 @@
 """Which numeric precision a stage trains in, and a warning where bf16 would be slow.
 
 bf16 autocast on a CPU pays off only where the CPU multiplies bf16 natively (AVX512-BF16 or AMX): on
-the project's 2-core AMD EPYC a bf16 matmul runs about 4.5 times as fast as fp32, and a training step
+the project's 2-core AMD EPYC a bf16 matmul runs about 4.2 times as fast as fp32, and a training step
 of a 5.5M-parameter Qwen2 takes about half the time (`benchmarks/generate.py` measures it for a
-config's model). Elsewhere oneDNN emulates it, slower than fp32.
+config's model: `train_bf16_speedup`). Elsewhere oneDNN emulates it, slower than fp32.
 
 >>> cpu_has_native_bf16() in (True, False)
 True
