@@ -5,6 +5,8 @@ denominator of our MFU).
 
     python benchmarks/generate.py                                   # the trained artifacts/pretrain
     python benchmarks/generate.py --model path --config configs/small.yaml --device cuda
+    # a randomly initialised model of other sizes (config overrides):
+    python benchmarks/generate.py --model none --out benchmarks/results/generate_d256.json pretrain.hidden_size=256 pretrain.intermediate_size=768
 
 Prints a table and writes benchmarks/results/generate.json. Without a trained model it measures a
 randomly initialised one of the config's sizes (same architecture, same cost).
@@ -75,6 +77,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--train-steps", type=int, default=5)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "generate.json"))
+    parser.add_argument("overrides", nargs="*", help="config overrides, section.key=value")
     args = parser.parse_args()
 
     from arm.config import load_config
@@ -86,7 +89,7 @@ def main() -> None:
     from arm.text_tokenizer import SPECIAL_TOKENS
 
     device = torch.device(args.device)
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.overrides)
     if (Path(args.model) / "vocab.json").exists():
         model, info, _ = load_unified_model(args.model)
         vocab, grid, source = info.vocab(), info.grid, args.model
