@@ -139,7 +139,7 @@ def main() -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     ids = torch.randint(0, vocab.size, (p.batch_size, seq_len), device=device)
     result.update({"train_batch": p.batch_size, "train_seq_len": seq_len, "train_precision": p.precision})
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+    for dtype, suffix in ((torch.float32, ""), (torch.bfloat16, "_bf16")):
         def train_step():
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
                 logits = model(input_ids=ids).logits
@@ -151,7 +151,6 @@ def main() -> None:
         tokens_per_s = p.batch_size * seq_len / seconds
         achieved = tokens_per_s * training_flops_per_token(model, seq_len)
         peak = matmul_flops(device, dtype)
-        suffix = "" if name == "fp32" else "_bf16"
         result.update({f"train_tokens_per_s{suffix}": tokens_per_s, f"train_flops_per_s{suffix}": achieved,
                        f"matmul_flops_per_s{suffix}": peak, f"mfu_vs_matmul{suffix}": achieved / peak})
     result["train_bf16_speedup"] = result["train_tokens_per_s_bf16"] / result["train_tokens_per_s"]
