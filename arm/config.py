@@ -160,6 +160,7 @@ class PretrainConfig:
     tie_word_embeddings: bool = False
     image_embedding_init: str = "tokenizer"  # tokenizer | random: image-code rows from the tokenizer's code features
     image_position_embedding: bool = True    # learned row + column embeddings on image tokens (arm.model.positions)
+    image_span_stride: int = 0               # positions from one image span's <|soi|> to the next's (0: none)
     task_mix: Dict[str, float] = field(default_factory=lambda: {
         "t2i": 0.35, "edit": 0.25, "vqa": 0.2, "caption": 0.15, "text": 0.05})
     p_drop_condition: float = 0.1            # condition dropout for classifier-free guidance
@@ -199,6 +200,12 @@ class PretrainConfig:
             raise ValueError(f"pretrain.task_mix has unknown tasks {sorted(unknown)}; use t2i, edit, vqa, caption, text")
         if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
             raise ValueError("pretrain.hidden_size must divide by num_heads, and num_heads by num_kv_heads")
+        if self.image_span_stride and not self.image_position_embedding:
+            raise ValueError("pretrain.image_span_stride is a setting of the image position embeddings; set "
+                             "pretrain.image_position_embedding=true as well, or image_span_stride=0")
+        if self.image_span_stride < 0:
+            raise ValueError(f"pretrain.image_span_stride must be 0 (off) or the positions from one image span's "
+                             f"start to the next's, e.g. grid^2 + 2 + 32; got {self.image_span_stride}")
         if self.questions_per_sequence < 1:
             raise ValueError(f"pretrain.questions_per_sequence must be at least 1 (1: one question per sequence), "
                              f"got {self.questions_per_sequence}")

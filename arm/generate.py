@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from arm.model.positions import uses_image_positions
+from arm.model.positions import model_positions, uses_image_positions
 from arm.model.vocab import EOS, Vocab
 
 
@@ -93,7 +93,7 @@ class Engine:
 
         ids, mask = left_pad(sequences, self.vocab.pad)
         ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        positions = model_positions(self.model, ids, mask)
         cache = DynamicCache()
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
         state = {"cache": out.cache, "mask": mask, "next_position": positions[:, -1] + 1}

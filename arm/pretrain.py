@@ -46,7 +46,8 @@ def backbone_kwargs(cfg: ArmConfig, vocab: Vocab, grid: int) -> dict:
     from arm.text_tokenizer import SOI
 
     p = cfg.pretrain
-    positions = (dict(grid=grid, image_offset=vocab.image_offset, codebook_size=vocab.codebook_size, soi_id=vocab[SOI])
+    positions = (dict(grid=grid, image_offset=vocab.image_offset, codebook_size=vocab.codebook_size, soi_id=vocab[SOI],
+                      **({"span_stride": p.image_span_stride} if p.image_span_stride else {}))
                  if p.image_position_embedding else None)
     return dict(arch=p.arch, vocab_size=vocab.size, image_positions=positions, hidden_size=p.hidden_size, num_layers=p.num_layers,
                 num_heads=p.num_heads, num_kv_heads=p.num_kv_heads, intermediate_size=p.intermediate_size,

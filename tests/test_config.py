@@ -63,6 +63,9 @@ def test_bad_override_and_bad_value_are_explained():
         load_config("configs/default.yaml", ["prepare.vocab_size=10"])
     with pytest.raises(ValueError, match="not found"):
         load_config("configs/nope.yaml")
+    with pytest.raises(ValueError, match="image_position_embedding=true"):
+        load_config("configs/default.yaml", ["pretrain.image_position_embedding=false",
+                                             "pretrain.image_span_stride=98"])
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

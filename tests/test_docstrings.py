@@ -20,7 +20,7 @@ def test_docstring_examples_run(name):
     assert result.failed == 0, f"{result.failed} docstring example(s) of {name} failed (output above)"
 
 
-@pytest.mark.parametrize("name", ["tokenizer_failures", "generation_failures"])
+@pytest.mark.parametrize("name", ["tokenizer_failures", "generation_failures", "edit_failures"])
 def test_benchmark_docstring_examples_run(name, monkeypatch):
     from pathlib import Path
 

@@ -13,11 +13,13 @@ from arm.text_tokenizer import SPECIAL_TOKENS
 TEXT, CODES = 40, 16
 
 
-def tiny_engine(grid: int | None = None) -> Engine:
-    """A 2-layer Qwen2 over TEXT text ids and CODES image codes; with `grid`, image row and column embeddings."""
+def tiny_engine(grid: int | None = None, **extra_positions) -> Engine:
+    """A 2-layer Qwen2 over TEXT text ids and CODES image codes; with `grid`, image row and column embeddings
+    (and the settings in `extra_positions`, e.g. span_stride)."""
     torch.manual_seed(0)
     vocab = Vocab(TEXT, CODES, {t: TEXT - len(SPECIAL_TOKENS) + i for i, t in enumerate(SPECIAL_TOKENS)})
-    positions = (dict(grid=grid, image_offset=vocab.image_offset, codebook_size=CODES, soi_id=vocab["<|soi|>"])
+    positions = (dict(grid=grid, image_offset=vocab.image_offset, codebook_size=CODES, soi_id=vocab["<|soi|>"],
+                      **extra_positions)
                  if grid else None)
     model = build_causal_lm("qwen2", vocab.size, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
                             intermediate_size=64, image_positions=positions)
@@ -29,10 +31,11 @@ def engine():
     return tiny_engine()
 
 
-@pytest.fixture(scope="module")
-def positions_engine():
-    """An engine over a model with image row and column embeddings (a 3 x 3 grid)."""
-    engine = tiny_engine(grid=3)
+@pytest.fixture(scope="module", params=[{}, {"span_stride": 16}], ids=["row-col", "row-col+span-stride"])
+def positions_engine(request):
+    """An engine over a model with image row and column embeddings (a 3 x 3 grid), alone and with aligned
+    image spans (the target's positions jump ahead of the prompt's)."""
+    engine = tiny_engine(grid=3, **request.param)
     model = engine.model
     with torch.no_grad():  # large enough that a wrong cell would change the logits visibly
         model.row_embedding.weight.normal_(std=1.0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from arm.model.backbone import build_causal_lm, load_causal_lm
-from arm.model.positions import image_cell_indices, uses_image_positions
+from arm.model.positions import image_cell_indices, token_positions, uses_image_positions
 
 SOI, EOI, OFFSET, CODES = 3, 4, 10, 20
 
@@ -30,3 +30,38 @@ def test_image_positions_survive_save_and_load(tmp_path):
     assert uses_image_positions(loaded) and loaded.config.arm_image_positions == positions
     torch.testing.assert_close(loaded.row_embedding.weight, model.row_embedding.weight)
     torch.testing.assert_close(loaded(input_ids=ids).logits, logits.detach())
+
+
+def test_aligned_spans_put_every_target_cell_at_one_distance_from_its_source_cell():
+    """Instructions of 1 and 3 tokens, left-padded into one batch: each target cell sits exactly
+    `span_stride` positions after its source cell in both rows; an instruction too long for the stride
+    pushes the target on instead of overlapping it (positions only ever grow)."""
+    img = [OFFSET + c for c in range(4)]
+    short = [6, SOI, *img, EOI, 7, SOI, *img]
+    long_ = [6, SOI, *img, EOI, 7, 8, 9, SOI, *img]
+    ids = torch.tensor([[0, 0] + short, long_])
+    positions = token_positions(ids, (ids != 0).long(), soi_id=SOI, span_stride=9)
+    for row in range(2):
+        soi = (ids[row] == SOI).nonzero().squeeze(-1)
+        source, target = positions[row, soi[0] + 1:soi[0] + 5], positions[row, soi[1] + 1:soi[1] + 5]
+        assert (target - source).tolist() == [9] * 4
+    tight = token_positions(ids[1:], torch.ones_like(ids[1:]), soi_id=SOI, span_stride=4)[0]
+    assert tight.tolist() == list(range(len(long_)))
+    assert token_positions(ids, (ids != 0).long()).tolist() == token_positions(ids, (ids != 0).long(), SOI, 0).tolist()
+
+
+def test_a_model_with_aligned_spans_reads_positions_from_the_ids(tmp_path):
+    """A full forward without position ids equals one given the aligned positions, and differs from one
+    given plain consecutive positions: the stride is in use, and is saved with the model."""
+    positions = dict(grid=2, image_offset=OFFSET, codebook_size=CODES, soi_id=SOI, span_stride=12)
+    model = build_causal_lm("llama", OFFSET + CODES, hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=1,
+                            intermediate_size=32, image_positions=positions)
+    img = [OFFSET + c for c in (1, 7, 2, 2)]
+    ids = torch.tensor([[6, SOI, *img, EOI, 7, SOI, *img]])
+    aligned = token_positions(ids, torch.ones_like(ids), SOI, 12)
+    logits = model(input_ids=ids).logits
+    torch.testing.assert_close(logits, model(input_ids=ids, position_ids=aligned).logits)
+    plain = torch.arange(ids.shape[1])[None]
+    assert not torch.allclose(logits, model(input_ids=ids, position_ids=plain).logits)
+    model.save_pretrained(tmp_path)
+    torch.testing.assert_close(load_causal_lm(tmp_path)(input_ids=ids).logits, logits)

@@ -58,6 +58,13 @@ class ImagePositionsMixin:
         return (self.row_embedding(cells // grid) + self.col_embedding(cells % grid)) * inside
 
     def forward(self, input_ids=None, inputs_embeds=None, image_cells: torch.Tensor | None = None, **kwargs):
+        if input_ids is not None and self.config.arm_image_positions.get("span_stride") \
+                and kwargs.get("position_ids") is None:
+            # A full forward (training, scoring): positions from the ids. The mask must be explicit, since
+            # without one the library reads a jump in positions as the start of a packed sequence.
+            if kwargs.get("attention_mask") is None:
+                kwargs["attention_mask"] = torch.ones_like(input_ids)
+            kwargs["position_ids"] = model_positions(self, input_ids, kwargs["attention_mask"])
         if input_ids is not None:
             if image_cells is None:
                 settings = self.config.arm_image_positions
@@ -66,6 +73,39 @@ class ImagePositionsMixin:
             embeds = self.get_input_embeddings()(input_ids)
             inputs_embeds = embeds + self.image_position_embeddings(image_cells.to(input_ids.device)).to(embeds.dtype)
         return super().forward(input_ids=None, inputs_embeds=inputs_embeds, **kwargs)
+
+
+def token_positions(ids: torch.Tensor, mask: torch.Tensor, soi_id: int | None = None,
+                    span_stride: int = 0) -> torch.Tensor:
+    """(B, T) ids and attention mask -> (B, T) position ids. Real tokens are counted (left padding takes
+    no position, so a padded row reads as the same prompt alone). With `span_stride`, an image span after
+    the first in a row starts `span_stride` positions after the previous span's `<|soi|>` (the text in
+    between leaves a gap), or where it falls if that text is longer: an edit's target cell i then sits at
+    the same rotary distance from source cell i whatever the instruction's length, so copying a cell is a
+    fixed-offset lookup (as FLUX Kontext gives source and target the same 2-D positions).
+
+    >>> ids = torch.tensor([[0, 7, 3, 10, 11, 4, 8, 3, 10]])                 # pad, <|edit|>, source, text, target
+    >>> token_positions(ids, (ids != 0).long(), soi_id=3, span_stride=6).tolist()
+    [[0, 0, 1, 2, 3, 4, 5, 7, 8]]
+    """
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    if not span_stride:
+        return positions
+    is_soi = (ids == soi_id) & mask.bool()
+    span = is_soi.long().cumsum(-1)                                   # image spans begun up to and at t
+    spans = int(span.max()) if span.numel() else 0
+    for r in range(2, spans + 1):
+        previous = (positions * (is_soi & (span == r - 1))).sum(-1)      # (B,) the previous <|soi|>'s position
+        here = is_soi & (span == r)
+        shift = ((previous + span_stride - (positions * here).sum(-1)).clamp(min=0)) * here.any(-1)
+        positions = positions + shift[:, None] * (span >= r)
+    return positions
+
+
+def model_positions(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """`token_positions` with the model's own span stride (none for a plain causal LM)."""
+    settings = getattr(model.config, CONFIG_KEY, None) or {}
+    return token_positions(ids, mask, settings.get("soi_id"), settings.get("span_stride", 0))
 
 
 @functools.cache

@@ -25,6 +25,7 @@ import torch
 
 from arm.config import RLConfig
 from arm.generate import Sampling, left_pad
+from arm.model.positions import model_positions
 from arm.rl.data import Prompt
 from arm.rl.objective import grpo_loss, group_advantages
 from arm.rl.rewards import RewardSample
@@ -54,7 +55,7 @@ def code_logprobs(model, prefixes: list[list[int]], codes: torch.Tensor, vocab,
     image_ids = codes + vocab.image_offset
     ids, mask = left_pad([p + row for p, row in zip(prefixes, image_ids.tolist())], vocab.pad)
     ids, mask = ids.to(device), mask.to(device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: positions count real tokens
+    positions = model_positions(model, ids, mask)  # left padding: positions count real tokens
     # Left padding puts every image span at the end: the last T + 1 positions' logits predict its T codes.
     logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=t + 1).logits
     logits = logits[:, :-1, vocab.image_offset:vocab.image_offset + vocab.codebook_size].float()  # (N, T, K)
