@@ -164,7 +164,7 @@ def pretrain_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict |
 
     batches = TaskMixBatches(train, vocab, describe_ids, dict(p.task_mix), p.batch_size, p.max_steps * p.accumulate_grad_batches,
                              p.seed, p.p_drop_condition, start_step * p.accumulate_grad_batches,
-                             p.questions_per_sequence)
+                             p.questions_per_sequence, dict(p.question_type_weights))
     val_batches = EvalBatches(val, vocab, describe_ids, p.batch_size, p.val_records_per_task)
     loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False)
     val_loader = torch.utils.data.DataLoader(val_batches, batch_size=None, shuffle=False)

@@ -6,6 +6,7 @@ import random
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from arm.model.data import TaskMixBatches
 from arm.model.sequences import IGNORE, build_sequence, editing_sequence, understanding_sequence, understanding_turns
@@ -84,3 +85,24 @@ def test_vqa_batches_ask_each_image_its_other_questions(vocab):
     assert (sequences[1]["input_ids"][:, :6] == sequences[2]["input_ids"][:, :6]).all()  # same draws, same first turn
     with pytest.raises(ValueError, match="questions_per_sequence"):
         TaskMixBatches(records, vocab, [], {"vqa": 1.0}, 16, 1, 0, 0.0, questions_per_sequence=0)
+
+
+def test_question_type_weights_shift_the_vqa_draw(vocab):
+    """Weight 3 on `exists` against 1 on `color`: about three quarters of the drawn questions are
+    existence questions (uniform: a half); a type no question has is refused by name."""
+    def question(i, qtype):
+        return {"id": f"q{i}", "task": "vqa", "image": "x", "text_ids": [7 if qtype == "exists" else 8],
+                "answer_ids": [9], "meta": {"question_type": qtype}}
+
+    pool = [question(i, "exists" if i % 2 else "color") for i in range(20)]
+    records = SimpleNamespace(codes={"x": [0, 1]}, by_task={"vqa": pool}, questions_by_image={"x": pool})
+
+    def share_of_exists(weights):
+        batches = TaskMixBatches(records, vocab, [], {"vqa": 1.0}, 64, 20, 0, 0.0, question_weights=weights)
+        rows = torch.cat([batches[k]["input_ids"] for k in range(len(batches))])
+        return (rows == 7).any(dim=1).float().mean().item()
+
+    assert 0.45 < share_of_exists({}) < 0.55
+    assert 0.70 < share_of_exists({"exists": 3.0}) < 0.80
+    with pytest.raises(ValueError, match=r"count_color.*types present are \['color', 'exists'\]"):
+        TaskMixBatches(records, vocab, [], {"vqa": 1.0}, 16, 1, 0, 0.0, question_weights={"count_color": 2.0})

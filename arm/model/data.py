@@ -84,15 +84,42 @@ def vqa_turns_sequence(vocab: Vocab, record: dict, records: TaskRecords, rng: ra
                                [(r["text_ids"], r["answer_ids"]) for r in chosen])
 
 
+def question_cum_weights(questions: list[dict], weights: dict[str, float]) -> list[float] | None:
+    """Cumulative draw weights of VQA records by `meta.question_type` (a type not named weighs 1, so does a
+    record without one); None when `weights` is empty (a uniform draw). A named type that no record has
+    is refused: a misspelt type would otherwise be silently ignored.
+
+    >>> qs = [{"meta": {"question_type": t}} for t in ("exists", "color", "exists")]
+    >>> question_cum_weights(qs, {"exists": 2.0})
+    [2.0, 3.0, 5.0]
+    """
+    if not weights:
+        return None
+    present = {(q.get("meta") or {}).get("question_type") for q in questions}
+    missing = sorted(set(weights) - present)
+    if missing:
+        raise ValueError(f"pretrain.question_type_weights names {missing}, which no training question has; "
+                         f"the types present are {sorted(t for t in present if t)}")
+    cum, total = [], 0.0
+    for q in questions:
+        total += float(weights.get((q.get("meta") or {}).get("question_type"), 1.0))
+        cum.append(total)
+    if total <= 0:
+        raise ValueError("pretrain.question_type_weights leave every training question at weight 0")
+    return cum
+
+
 class TaskMixBatches(torch.utils.data.Dataset):
-    """Item k = training batch `start_step + k`: a task drawn by `mix`, then `batch_size` of its records.
+    """Item k = training batch `start_step + k`: a task drawn by `mix`, then `batch_size` of its records
+    (VQA records drawn by `question_weights` per question type, if given).
     With `questions_per_sequence > 1`, a VQA sequence also asks the image's other questions as turns."""
 
     def __init__(self, records: TaskRecords, vocab: Vocab, describe_ids: list[int], mix: dict[str, float],
                  batch_size: int, num_steps: int, seed: int, p_drop: float, start_step: int = 0,
-                 questions_per_sequence: int = 1):
+                 questions_per_sequence: int = 1, question_weights: dict[str, float] | None = None):
         if questions_per_sequence < 1:
             raise ValueError(f"pretrain.questions_per_sequence must be at least 1, got {questions_per_sequence}")
+        self.question_cum_weights = question_cum_weights(records.by_task.get("vqa", []), question_weights or {})
         tasks = [t for t in mix if mix[t] > 0 and records.by_task.get(t)]
         if not tasks:
             raise ValueError(f"no training records for any task in pretrain.task_mix {dict(mix)}; "
@@ -112,7 +139,10 @@ class TaskMixBatches(torch.utils.data.Dataset):
         rng = random.Random(self.seed * 1_000_003 + step)
         task = rng.choices(self.tasks, self.weights)[0]
         pool = self.records.by_task[task]
-        chosen = [pool[rng.randrange(len(pool))] for _ in range(self.batch_size)]
+        if task == "vqa" and self.question_cum_weights is not None:
+            chosen = rng.choices(pool, cum_weights=self.question_cum_weights, k=self.batch_size)
+        else:
+            chosen = [pool[rng.randrange(len(pool))] for _ in range(self.batch_size)]
         if task == "vqa" and self.questions_per_sequence > 1:
             seqs = [vqa_turns_sequence(self.vocab, r, self.records, rng, self.questions_per_sequence) for r in chosen]
         else:
