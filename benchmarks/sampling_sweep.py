@@ -52,7 +52,8 @@ def main() -> None:
                 gen_acc = evaluate_generation(pipe, data, settings, Samples())["gen/acc"]
             g_o = evaluate_editing(pipe, data, settings, Samples())["edit/g_o"] if "edit" in args.tasks else nan
             row = {"guidance_scale": scale, "image_guidance_scale": image_scale, "temperature": temperature,
-                   "top_k": top_k, "gen/acc": nan if gen_acc is None else gen_acc, "edit/g_o": g_o, "seconds": time.perf_counter() - start}
+                   "top_k": top_k, "gen/acc": nan if gen_acc is None else gen_acc, "edit/g_o": g_o,
+                   "seconds": time.perf_counter() - start}
             rows.append(row)
             print(f"{scale:>8} {image_scale:>5} {temperature:>5} {top_k:>5} {row['gen/acc']:>8.3f} {g_o:>8.2f} "
                   f"{row['seconds']:>8.1f}")

@@ -63,5 +63,7 @@ def test_a_model_with_aligned_spans_reads_positions_from_the_ids(tmp_path):
     torch.testing.assert_close(logits, model(input_ids=ids, position_ids=aligned).logits)
     plain = torch.arange(ids.shape[1])[None]
     assert not torch.allclose(logits, model(input_ids=ids, position_ids=plain).logits)
+    # Given positions and no mask, without a cache, the jump must not be read as a packed sequence.
+    torch.testing.assert_close(model(input_ids=ids, position_ids=aligned, use_cache=False).logits, logits)
     model.save_pretrained(tmp_path)
     torch.testing.assert_close(load_causal_lm(tmp_path)(input_ids=ids).logits, logits)

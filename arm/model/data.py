@@ -11,6 +11,7 @@ B / W rows of the same global batch, so W processes see exactly what one process
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import defaultdict
 from pathlib import Path
@@ -95,16 +96,14 @@ def question_cum_weights(questions: list[dict], weights: dict[str, float]) -> li
     """
     if not weights:
         return None
-    present = {(q.get("meta") or {}).get("question_type") for q in questions}
+    types = [(q.get("meta") or {}).get("question_type") for q in questions]
+    present = set(types)
     missing = sorted(set(weights) - present)
     if missing:
         raise ValueError(f"pretrain.question_type_weights names {missing}, which no training question has; "
                          f"the types present are {sorted(t for t in present if t)}")
-    cum, total = [], 0.0
-    for q in questions:
-        total += float(weights.get((q.get("meta") or {}).get("question_type"), 1.0))
-        cum.append(total)
-    if total <= 0:
+    cum = list(itertools.accumulate(float(weights.get(t, 1.0)) for t in types))
+    if not cum or cum[-1] <= 0:
         raise ValueError("pretrain.question_type_weights leave every training question at weight 0")
     return cum
 

@@ -58,13 +58,13 @@ class ImagePositionsMixin:
         return (self.row_embedding(cells // grid) + self.col_embedding(cells % grid)) * inside
 
     def forward(self, input_ids=None, inputs_embeds=None, image_cells: torch.Tensor | None = None, **kwargs):
-        if input_ids is not None and self.config.arm_image_positions.get("span_stride") \
-                and kwargs.get("position_ids") is None:
-            # A full forward (training, scoring): positions from the ids. The mask must be explicit, since
-            # without one the library reads a jump in positions as the start of a packed sequence.
+        if input_ids is not None and self.config.arm_image_positions.get("span_stride"):
+            # Without an explicit mask the library reads a jump in positions as the start of a packed
+            # sequence (when it runs without a cache), so aligned spans always come with one.
             if kwargs.get("attention_mask") is None:
                 kwargs["attention_mask"] = torch.ones_like(input_ids)
-            kwargs["position_ids"] = model_positions(self, input_ids, kwargs["attention_mask"])
+            if kwargs.get("position_ids") is None:  # a full forward (training, scoring): from the ids
+                kwargs["position_ids"] = model_positions(self, input_ids, kwargs["attention_mask"])
         if input_ids is not None:
             if image_cells is None:
                 settings = self.config.arm_image_positions
