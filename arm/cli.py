@@ -239,8 +239,12 @@ def cmd_understand(args) -> None:
             raise ValueError("give a question after the image (or --text-only with questions alone)")
         images = np.stack([_read_image(args.image, pipe.image_size)] * len(args.questions))
         questions = list(args.questions)
-    answers = pipe.understand(images, questions, sampling=Sampling(temperature=0.0))
-    for q, a in zip(questions, answers):
+    codes = None if images is None else pipe.encode_images(images)
+    explained = pipe.explain_codes(codes, questions, sampling=Sampling(temperature=0.0))
+    for q, (a, description) in zip(questions, explained):
+        # A describe-first model answered after its own description: show it, on stderr.
+        if description is not None and description != a:
+            print(f"({q}: described as {description!r})", file=sys.stderr)
         print(f"{q}\t{a}")
 
 

@@ -161,11 +161,13 @@ class PretrainConfig:
     image_embedding_init: str = "tokenizer"  # tokenizer | random: image-code rows from the tokenizer's code features
     image_position_embedding: bool = True    # learned row + column embeddings on image tokens (arm.model.positions)
     image_span_stride: int = 0               # positions from one image span's <|soi|> to the next's (0: none)
+    edit_source_embedding: bool = False      # an edit's target token also reads the source's token for its cell
     task_mix: Dict[str, float] = field(default_factory=lambda: {
         "t2i": 0.35, "edit": 0.25, "vqa": 0.2, "caption": 0.15, "text": 0.05})
     p_drop_condition: float = 0.1            # condition dropout for classifier-free guidance
     questions_per_sequence: int = 1          # VQA: the image's other questions follow as turns (arm.model.data)
     question_type_weights: Dict[str, float] = field(default_factory=dict)  # VQA draw weight per type ({}: uniform)
+    describe_first: bool = False             # VQA after the image's caption turn; inference describes, then answers
     batch_size: int = 32
     accumulate_grad_batches: int = 1
     max_steps: int = 3000
@@ -204,6 +206,9 @@ class PretrainConfig:
         if self.image_span_stride and not self.image_position_embedding:
             raise ValueError("pretrain.image_span_stride is a setting of the image position embeddings; set "
                              "pretrain.image_position_embedding=true as well, or image_span_stride=0")
+        if self.edit_source_embedding and not self.image_position_embedding:
+            raise ValueError("pretrain.edit_source_embedding is a setting of the image position embeddings; set "
+                             "pretrain.image_position_embedding=true as well, or edit_source_embedding=false")
         if self.image_span_stride < 0:
             raise ValueError(f"pretrain.image_span_stride must be 0 (off) or the positions from one image span's "
                              f"start to the next's, e.g. grid^2 + 2 + 32; got {self.image_span_stride}")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from arm.model.positions import model_positions, uses_image_positions
+from arm.model.positions import model_positions, source_grid, uses_image_positions
 from arm.model.vocab import EOS, Vocab
 
 
@@ -83,6 +83,7 @@ class Engine:
         self.vocab = vocab
         self.device = next(model.parameters()).device
         self.image_positions = uses_image_positions(model)
+        self.source_embedding = self.image_positions and bool(model.config.arm_image_positions.get("source_embedding"))
 
     # --- the two primitives: prefill a batch, then extend it one token at a time -------------------
 
@@ -97,6 +98,9 @@ class Engine:
         cache = DynamicCache()
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
         state = {"cache": out.cache, "mask": mask, "next_position": positions[:, -1] + 1}
+        if self.source_embedding:  # each row's source by cell, for the target tokens sampled next
+            s = self.model.config.arm_image_positions
+            state["source_grid"] = source_grid(ids, s["image_offset"], s["codebook_size"], s["soi_id"], s["grid"] ** 2)
         return out.logits[:, -1].float(), state
 
     @torch.no_grad()
@@ -105,6 +109,10 @@ class Engine:
         image span being sampled (-1 for text), for models with image row and column embeddings."""
         state["mask"] = torch.cat([state["mask"], torch.ones_like(state["mask"][:, :1])], dim=1)
         extra = {"image_cells": torch.full_like(tokens[:, None], image_cell)} if self.image_positions else {}
+        if self.source_embedding:  # the source's token for the cell these tokens predict (none after text)
+            grid = state["source_grid"]
+            column = min(image_cell + 1, grid.shape[1] - 1) if image_cell >= 0 else grid.shape[1] - 1
+            extra["source_ids"] = grid[:, column:column + 1]
         out = self.model(input_ids=tokens[:, None], attention_mask=state["mask"],
                          position_ids=state["next_position"][:, None], cache=state["cache"], use_cache=True, **extra)
         state["cache"] = out.cache

@@ -19,7 +19,8 @@ import torch
 
 from arm.generate import Engine, Sampling
 from arm.images import to_tensor, to_uint8
-from arm.model.sequences import editing_prefix, generation_prefix, understanding_prefix
+from arm.model.data import DESCRIBE
+from arm.model.sequences import editing_prefix, generation_prefix, understanding_prefix, understanding_turns_prefix
 
 
 @dataclass
@@ -153,17 +154,39 @@ class Pipeline:
     def understand_codes(self, codes: np.ndarray | None, questions: list[str], max_new_tokens: int = 64,
                          sampling: Sampling | None = None) -> list[str]:
         """Answers to questions about images given as codes (None: text-only questions)."""
-        answers: list[str] = []
+        return [answer for answer, _ in self.explain_codes(codes, questions, max_new_tokens, sampling)]
+
+    def explain_codes(self, codes: np.ndarray | None, questions: list[str], max_new_tokens: int = 64,
+                      sampling: Sampling | None = None) -> list[tuple[str, str | None]]:
+        """(answer, description) per question. A describe-first model (`pretrain.describe_first`) first
+        describes each image, then answers after its own description, as it was trained; the description
+        is None for a direct model and for text-only questions. Asking for the description itself
+        answers with the first pass."""
+        if codes is not None and len(codes) != len(questions):
+            raise ValueError(f"{len(codes)} images but {len(questions)} questions")
+        describe_ids = self.text_ids(DESCRIBE)
+        out: list[tuple[str, str | None]] = []
         for a, b in self._batches(len(questions)):
-            prompts = [self.understanding_prompt(None if codes is None else codes[i], self.text_ids(questions[i]))
-                       for i in range(a, b)]
-            answers += [self.decode_text(ids) for ids in self.engine.generate_text(prompts, max_new_tokens, sampling)]
-        return answers
+            rows = list(range(a, b))
+            question_ids = [self.text_ids(questions[i]) for i in rows]
+            if codes is None or not self.info.describe_first:
+                prompts = [self.understanding_prompt(None if codes is None else codes[i], q)
+                           for i, q in zip(rows, question_ids)]
+                out += [(self.decode_text(ids), None) for ids in self.engine.generate_text(prompts, max_new_tokens, sampling)]
+                continue
+            captions = self.engine.generate_text([self.understanding_prompt(codes[i], describe_ids) for i in rows],
+                                                 max_new_tokens, sampling)
+            asked = [k for k, q in enumerate(question_ids) if q != describe_ids]
+            prompts = [understanding_turns_prefix(self.vocab, codes[rows[k]], [(describe_ids, captions[k])],
+                                                  question_ids[k]) for k in asked]
+            answers = dict(zip(asked, self.engine.generate_text(prompts, max_new_tokens, sampling))) if asked else {}
+            for k, caption in enumerate(captions):
+                description = self.decode_text(caption)
+                out.append((self.decode_text(answers[k]) if k in answers else description, description))
+        return out
 
     def understand(self, images: np.ndarray | None, questions: list[str], max_new_tokens: int = 64,
                    sampling: Sampling | None = None) -> list[str]:
         """(N, S, S, 3) uint8 images (or None) + questions -> answers (greedy by default)."""
         codes = None if images is None else self.encode_images(images)
-        if codes is not None and len(codes) != len(questions):
-            raise ValueError(f"{len(codes)} images but {len(questions)} questions")
         return self.understand_codes(codes, questions, max_new_tokens, sampling)

@@ -30,12 +30,14 @@ from arm.progress import quiet_lightning, training_progress
 
 @dataclass(frozen=True)
 class UnifiedModelInfo:
-    """What inference needs besides the weights: the id layout and the image grid."""
+    """What inference needs besides the weights: the id layout, the image grid, and whether the model
+    answers questions about an image after describing it (`pretrain.describe_first`)."""
 
     text_size: int
     codebook_size: int
     grid: int
     specials: dict
+    describe_first: bool = False
 
     def vocab(self) -> Vocab:
         return Vocab(self.text_size, self.codebook_size, dict(self.specials))
@@ -47,7 +49,8 @@ def backbone_kwargs(cfg: ArmConfig, vocab: Vocab, grid: int) -> dict:
 
     p = cfg.pretrain
     positions = (dict(grid=grid, image_offset=vocab.image_offset, codebook_size=vocab.codebook_size, soi_id=vocab[SOI],
-                      **({"span_stride": p.image_span_stride} if p.image_span_stride else {}))
+                      **({"span_stride": p.image_span_stride} if p.image_span_stride else {}),
+                      **({"source_embedding": True} if p.edit_source_embedding else {}))
                  if p.image_position_embedding else None)
     return dict(arch=p.arch, vocab_size=vocab.size, image_positions=positions, hidden_size=p.hidden_size, num_layers=p.num_layers,
                 num_heads=p.num_heads, num_kv_heads=p.num_kv_heads, intermediate_size=p.intermediate_size,
@@ -143,7 +146,8 @@ def pretrain_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict |
     tokenizer = load_tokenizer(prepare_dir / "tokenizer.json")
     encoded = json.loads((encode_dir / "summary.json").read_text())
     vocab = Vocab.from_tokenizer(tokenizer, encoded["codebook_size"])
-    info = UnifiedModelInfo(vocab.text_size, vocab.codebook_size, encoded["grid"], dict(vocab.specials))
+    info = UnifiedModelInfo(vocab.text_size, vocab.codebook_size, encoded["grid"], dict(vocab.specials),
+                            describe_first=p.describe_first)
     describe_ids = tokenizer.encode(DESCRIBE, add_special_tokens=False).ids
     train, val = TaskRecords(prepare_dir, encode_dir, "train"), TaskRecords(prepare_dir, encode_dir, "val")
     print(f"pretrain: vocabulary {vocab.size} ({vocab.text_size} text + {vocab.codebook_size} image codes); "
@@ -164,8 +168,8 @@ def pretrain_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict |
 
     batches = TaskMixBatches(train, vocab, describe_ids, dict(p.task_mix), p.batch_size, p.max_steps * p.accumulate_grad_batches,
                              p.seed, p.p_drop_condition, start_step * p.accumulate_grad_batches,
-                             p.questions_per_sequence, dict(p.question_type_weights))
-    val_batches = EvalBatches(val, vocab, describe_ids, p.batch_size, p.val_records_per_task)
+                             p.questions_per_sequence, dict(p.question_type_weights), p.describe_first)
+    val_batches = EvalBatches(val, vocab, describe_ids, p.batch_size, p.val_records_per_task, p.describe_first)
     loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False)
     val_loader = torch.utils.data.DataLoader(val_batches, batch_size=None, shuffle=False)
     samples = []

@@ -88,8 +88,10 @@ class ARMModel:
         return _png_b64(edited[0])
 
     @bentoml.api
-    def understand_one(self, image_png: str, question: str) -> str:
-        return self.pipe.understand(_from_b64(image_png)[None], [question])[0]
+    def understand_one(self, image_png: str, question: str) -> dict:
+        codes = self.pipe.encode_images(_from_b64(image_png)[None])
+        answer, description = self.pipe.explain_codes(codes, [question])[0]
+        return {"answer": answer, "description": description}
 
     @bentoml.api
     def image_size_px(self) -> int:
@@ -183,10 +185,11 @@ class ARM:
 
     @bentoml.api
     async def understand(self, image: Path, question: str = "what color is the circle?") -> dict:
-        """Image + question -> {"answer": ...}."""
+        """Image + question -> {"answer": ..., "description": ...}: a describe-first model's own
+        description of the image, which it answered after (null for a model that answers directly)."""
         try:
             question = check_text(question, "question")
         except RequestError as e:
             raise _bad_request(e)
         source = await self._read(image)
-        return {"answer": await _with_retry(self.model.to_async.understand_one, source, question)}
+        return await _with_retry(self.model.to_async.understand_one, source, question)

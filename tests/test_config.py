@@ -66,6 +66,9 @@ def test_bad_override_and_bad_value_are_explained():
     with pytest.raises(ValueError, match="image_position_embedding=true"):
         load_config("configs/default.yaml", ["pretrain.image_position_embedding=false",
                                              "pretrain.image_span_stride=98"])
+    with pytest.raises(ValueError, match="image_position_embedding=true"):
+        load_config("configs/default.yaml", ["pretrain.image_position_embedding=false",
+                                             "pretrain.edit_source_embedding=true"])
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

@@ -31,15 +31,19 @@ def engine():
     return tiny_engine()
 
 
-@pytest.fixture(scope="module", params=[{}, {"span_stride": 16}], ids=["row-col", "row-col+span-stride"])
+@pytest.fixture(scope="module", params=[{}, {"span_stride": 16}, {"source_embedding": True}],
+                ids=["row-col", "row-col+span-stride", "row-col+source-embedding"])
 def positions_engine(request):
-    """An engine over a model with image row and column embeddings (a 3 x 3 grid), alone and with aligned
-    image spans (the target's positions jump ahead of the prompt's)."""
+    """An engine over a model with image row and column embeddings (a 3 x 3 grid), alone, with aligned
+    image spans (the target's positions jump ahead of the prompt's), and with the source's token for the
+    cell predicted next added to each target input."""
     engine = tiny_engine(grid=3, **request.param)
     model = engine.model
     with torch.no_grad():  # large enough that a wrong cell would change the logits visibly
         model.row_embedding.weight.normal_(std=1.0)
         model.col_embedding.weight.normal_(std=1.0)
+        if request.param.get("source_embedding"):
+            model.source_projection.weight.normal_(std=1.0)
     return engine
 
 
@@ -59,6 +63,11 @@ def test_kv_cache_decode_matches_full_forward_with_image_positions(positions_eng
     cells = torch.full((1, len(prompt) + 9), -1)
     blind = engine.model(input_ids=torch.tensor([prompt + (codes[0] + v.image_offset).tolist()]), image_cells=cells)
     assert not torch.allclose(blind.logits[0, len(prompt) - 1:-1], full[len(prompt) - 1:-1])
+    if engine.source_embedding:  # and the source is read at the target's cells
+        none = torch.full((1, len(prompt) + 9), -1)
+        unsourced = engine.model(input_ids=torch.tensor([prompt + (codes[0] + v.image_offset).tolist()]), source_ids=none)
+        assert not torch.allclose(unsourced.logits[0, len(prompt) - 1:-1], full[len(prompt) - 1:-1])
+        torch.testing.assert_close(unsourced.logits[0, :len(prompt) - 1], full[:len(prompt) - 1])
 
 
 def test_kv_cache_decode_matches_full_forward(engine):

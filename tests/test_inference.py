@@ -55,6 +55,37 @@ def test_pipeline_batches_like_one_call(pipe):
     assert codes.shape == (5, 64) and codes.max() < pipe.info.codebook_size and codes.min() >= 0
 
 
+def test_describe_first_answers_after_the_models_own_description(pipe):
+    """A describe-first model's answer is what it says after its own description (the training layout,
+    fed back in one batch); asking for the description returns the first pass; a direct model and
+    text-only questions have no description."""
+    from dataclasses import replace
+
+    from arm.model.data import DESCRIBE
+    from arm.model.sequences import understanding_turns_prefix
+
+    describer = Pipeline(pipe.model, replace(pipe.info, describe_first=True), pipe.text_tokenizer, pipe.visual,
+                         batch_size=2)
+    images = pipe.generate(["a red circle", "a blue square", "a green triangle"], Guidance(scale=2.0), Sampling(seed=0))
+    codes = pipe.encode_images(images)
+    questions = ["what color is the circle?", DESCRIBE, "how many squares are there?"]
+    explained = describer.explain_codes(codes, questions)
+    descriptions = pipe.understand_codes(codes, [DESCRIBE] * 3)
+    assert [d for _, d in explained] == descriptions
+    assert explained[1][0] == descriptions[1]
+    describe_ids = pipe.text_ids(DESCRIBE)
+    caption_ids = pipe.engine.generate_text([pipe.understanding_prompt(c, describe_ids) for c in codes])
+    for k in (0, 2):
+        prompt = understanding_turns_prefix(pipe.vocab, codes[k], [(describe_ids, caption_ids[k])],
+                                            pipe.text_ids(questions[k]))
+        assert explained[k][0] == pipe.decode_text(pipe.engine.generate_text([prompt])[0])
+    assert describer.understand(images, questions) == [a for a, _ in explained]
+    assert all(d is None for _, d in pipe.explain_codes(codes, questions))
+    assert describer.explain_codes(None, ["what color is a ripe tomato?"])[0][1] is None
+    with pytest.raises(ValueError, match="3 images but 2 questions"):
+        describer.explain_codes(codes, questions[:2])
+
+
 def test_pipeline_refuses_a_tokenizer_of_another_codebook(trained, tmp_path):
     import json
     import shutil

@@ -8,8 +8,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from arm.model.data import TaskMixBatches
-from arm.model.sequences import IGNORE, build_sequence, editing_sequence, understanding_sequence, understanding_turns
+from arm.model.data import EvalBatches, TaskMixBatches, TaskRecords
+from arm.model.sequences import (IGNORE, build_sequence, editing_sequence, understanding_sequence, understanding_turns,
+                                 understanding_turns_prefix)
 from arm.model.vocab import Vocab
 from arm.text_tokenizer import SPECIAL_TOKENS, train_bpe
 
@@ -106,3 +107,37 @@ def test_question_type_weights_shift_the_vqa_draw(vocab):
     assert 0.70 < share_of_exists({"exists": 3.0}) < 0.80
     with pytest.raises(ValueError, match=r"count_color.*types present are \['color', 'exists'\]"):
         TaskMixBatches(records, vocab, [], {"vqa": 1.0}, 16, 1, 0, 0.0, question_weights={"count_color": 2.0})
+
+
+def test_describe_first_asks_the_question_after_the_caption_turn(vocab):
+    """A describe-first VQA sequence is the caption sequence, then `question -> answer <|eos|>`; both the
+    caption and the answer are targets, and inference's prompt is the sequence up to the answer."""
+    describe, caption, question, answer = [5, 6], [11, 12, 13], [7, 8], [9]
+    record = {"task": "vqa", "image": "x", "text_ids": question, "answer_ids": answer}
+    codes = {"x": [1, 2]}
+    ids, labels = build_sequence(vocab, record, codes, random.Random(0), 0.0, describe, captions={"x": caption})
+    caption_turn = understanding_sequence(vocab, [1, 2], describe, caption)
+    assert (ids[:len(caption_turn[0])], labels[:len(caption_turn[1])]) == caption_turn
+    assert ids[len(caption_turn[0]):] == question + answer + [vocab["<|eos|>"]]
+    assert [l for l in labels if l != IGNORE] == caption + [vocab["<|eos|>"]] + answer + [vocab["<|eos|>"]]
+    prompt = understanding_turns_prefix(vocab, [1, 2], [(describe, caption)], question)
+    assert ids[:len(prompt)] == prompt and ids[len(prompt):] == answer + [vocab["<|eos|>"]]
+    assert understanding_turns_prefix(vocab, [1, 2], [], question) == understanding_sequence(vocab, [1, 2], question, [])[0][:-1]
+    direct, _ = build_sequence(vocab, record, codes, random.Random(0), 0.0, describe)
+    assert direct == understanding_sequence(vocab, [1, 2], question, answer)[0]
+
+
+def test_describe_first_batches_need_a_caption_for_every_question_image(vocab, tmp_path):
+    """Training and validation batches both put the caption turn first; a question whose image has no
+    caption is refused up front, naming the fix."""
+    question = {"id": "q0", "task": "vqa", "image": "x", "text_ids": [7], "answer_ids": [9]}
+    records = SimpleNamespace(codes={"x": [0, 1]}, by_task={"vqa": [question], "caption": []},
+                              questions_by_image={"x": [question]}, captions_by_image={"x": [11, 12]})
+    records.captions_for_questions = lambda: TaskRecords.captions_for_questions(records)
+    for batch in (TaskMixBatches(records, vocab, [5], {"vqa": 1.0}, 4, 1, 0, 0.0, describe_first=True)[0],
+                  EvalBatches(records, vocab, [5], 4, 4, describe_first=True)[0]):
+        targets = batch["labels"][0][batch["labels"][0] != IGNORE].tolist()
+        assert targets == [11, 12, vocab["<|eos|>"], 9, vocab["<|eos|>"]]
+    records.captions_by_image = {}
+    with pytest.raises(ValueError, match="1 images have questions but no caption.*describe_first=false"):
+        TaskMixBatches(records, vocab, [5], {"vqa": 1.0}, 4, 1, 0, 0.0, describe_first=True)

@@ -67,3 +67,40 @@ def test_a_model_with_aligned_spans_reads_positions_from_the_ids(tmp_path):
     torch.testing.assert_close(model(input_ids=ids, position_ids=aligned, use_cache=False).logits, logits)
     model.save_pretrained(tmp_path)
     torch.testing.assert_close(load_causal_lm(tmp_path)(input_ids=ids).logits, logits)
+
+
+def test_the_source_embedding_reads_the_source_cell_each_target_token_predicts(tmp_path):
+    """Each target input gets the source's token for the cell it predicts (left padding and a dropped
+    source included); a fresh model starts exactly as the model without it; the setting and the weights
+    are saved with the model."""
+    from arm.model.positions import next_source_ids
+
+    src, tgt = [OFFSET + c for c in (1, 7, 2, 5)], [OFFSET + c for c in (1, 9, 2, 5)]
+    ids = torch.tensor([[0, 0, 6, SOI, *src, EOI, 7, SOI, *tgt, EOI],
+                        [6, SOI, *src, EOI, 7, 8, 9, SOI, *tgt, EOI],
+                        [0, 0, 0, 0, 0, 0, 6, SOI, EOI, 7, SOI, *tgt, EOI]])   # a dropped source
+    nxt = next_source_ids(ids, OFFSET, CODES, SOI, cells=4)
+    for row in range(2):
+        at = (ids[row] == SOI).nonzero()[1, 0].item()                   # the target's <|soi|>
+        assert nxt[row, at:at + 5].tolist() == src + [-1]                # cells 0..3, then nothing after cell 3
+        assert (nxt[row, :at] == -1).all() and nxt[row, -1] == -1
+    assert (nxt[2] == -1).all()
+
+    positions = dict(grid=2, image_offset=OFFSET, codebook_size=CODES, soi_id=SOI)
+    torch.manual_seed(0)
+    plain = build_causal_lm("llama", OFFSET + CODES, hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=1,
+                            intermediate_size=32, image_positions=positions)
+    torch.manual_seed(0)
+    model = build_causal_lm("llama", OFFSET + CODES, hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=1,
+                            intermediate_size=32, image_positions={**positions, "source_embedding": True})
+    assert model.source_projection.weight.abs().sum() == 0
+    row = ids[1:2]
+    torch.testing.assert_close(model(input_ids=row).logits, plain(input_ids=row).logits)
+    with torch.no_grad():
+        model.source_projection.weight.normal_()
+    logits = model(input_ids=row).logits
+    at = (row[0] == SOI).nonzero()[1, 0].item()
+    torch.testing.assert_close(logits[:, :at], plain(input_ids=row).logits[:, :at])   # prompt untouched
+    assert not torch.allclose(logits[:, at:], plain(input_ids=row).logits[:, at:])
+    model.save_pretrained(tmp_path)
+    torch.testing.assert_close(load_causal_lm(tmp_path)(input_ids=row).logits, logits)

@@ -81,7 +81,9 @@ def test_package_lists_the_bento_and_the_model(packaged):
     assert Path(packaged["bento_file"]).is_file()
 
 
-def test_every_endpoint_through_bentomls_client(server, tmp_path):
+def test_every_endpoint_through_bentomls_client(server, pretrained_stages, tmp_path):
+    import json
+
     import bentoml
 
     from arm.world.verifier import parse
@@ -98,6 +100,9 @@ def test_every_endpoint_through_bentomls_client(server, tmp_path):
         assert isinstance(edited, Image.Image) and edited.size == (64, 64)
         answer = client.understand(image=source, question="what color is the circle?")
         assert isinstance(answer["answer"], str)
+        # The packaged model says how it answers: describe-first models also return their description.
+        describes_first = json.loads((pretrained_stages / "pretrain" / "vocab.json").read_text())["describe_first"]
+        assert (answer["description"] is not None) == describes_first
 
 
 def test_raw_multipart_and_json_http(server):

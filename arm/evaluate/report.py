@@ -76,8 +76,11 @@ def understanding_grid(samples: list[dict], limit: int = 24) -> str:
     cards = []
     for s in samples[:limit]:
         mark = "<span class='pass'>right</span>" if s["correct"] else "<span class='fail'>wrong</span>"
+        # A describe-first model's own description, which its answer was read from.
+        said = (f"<br><small>described: {html.escape(s['description'])}</small>"
+                if s.get("description") and s["description"] != s["prediction"] else "")
         cards.append(f"<div class='card'>{_img(s['image'], s['question'])}<br>Q: {html.escape(s['question'])}<br>"
-                     f"model: {html.escape(s['prediction'])} {mark}<br>truth: {html.escape(s['answer'])}</div>")
+                     f"model: {html.escape(s['prediction'])} {mark}<br>truth: {html.escape(s['answer'])}{said}</div>")
     return "<div class='grid'>" + "".join(cards) + "</div>"
 
 
@@ -162,6 +165,7 @@ def write_tensorboard(writer, samples, step: int, prefix: str = "samples", colum
         writer.add_text(f"{prefix}/edit_instructions", "\n\n".join(
             f"{i}. {s['instruction']} (G_SC {s['g_sc']:.1f}, G_PQ {s['g_pq']:.1f})" for i, s in enumerate(edits)), step)
     if samples.understanding:
-        rows = ["| question | answer | model |", "| --- | --- | --- |"] + [
-            f"| {s['question']} | {s['answer']} | {s['prediction']} |" for s in samples.understanding[:2 * columns]]
+        rows = ["| question | answer | model | model's description |", "| --- | --- | --- | --- |"] + [
+            f"| {s['question']} | {s['answer']} | {s['prediction']} | {s.get('description') or ''} |"
+            for s in samples.understanding[:2 * columns]]
         writer.add_text(f"{prefix}/understanding", "\n".join(rows), step)

@@ -57,7 +57,7 @@ class Samples:
 
     generation: list[dict] = field(default_factory=list)  # prompt, image, passed
     editing: list[dict] = field(default_factory=list)     # source, instruction, image, g_sc, g_pq
-    understanding: list[dict] = field(default_factory=list)  # image, question, answer, prediction, correct
+    understanding: list[dict] = field(default_factory=list)  # image, question, answer, prediction, correct, description
     scores: list[dict] = field(default_factory=list)      # {"metric", "group", "value", "item"} per sample and metric
 
     def add(self, metric: str, group: str | None, value: float, item: str | None = None) -> None:
@@ -126,14 +126,15 @@ def evaluate_understanding(pipe: Pipeline, data: SplitData, settings: EvalSettin
     if records:
         images = data.images([r["image"] for r in records])
         questions = [r["text"] if r["task"] == "vqa" else DESCRIBE for r in records]
-        predictions = pipe.understand(images, questions, sampling=Sampling(temperature=0.0))
-        for r, image, q, pred in zip(records, images, questions, predictions):
+        # A describe-first model answers after its own description, kept to show beside the answer.
+        explained = pipe.explain_codes(pipe.encode_images(images), questions, sampling=Sampling(temperature=0.0))
+        for r, image, q, (pred, description) in zip(records, images, questions, explained):
             qtype = r["meta"].get("question_type", "describe")
             answer = r["answer"] if r["task"] == "vqa" else r["text"]
             ok = answer_correct(qtype, pred, answer)
             samples.add("und/acc", qtype, ok, r["id"])
             samples.understanding.append({"image": image, "question": q, "answer": answer, "prediction": pred,
-                                          "correct": ok})
+                                          "correct": ok, "description": description})
     text = data.task("text", None)
     if text:
         predictions = pipe.understand(None, [r["text"] for r in text], sampling=Sampling(temperature=0.0))

@@ -56,6 +56,17 @@ class TaskRecords:
         self.questions_by_image: dict[str, list[dict]] = defaultdict(list)
         for r in self.by_task.get("vqa", []):
             self.questions_by_image[r["image"]].append(r)
+        self.captions_by_image = {r["image"]: r["text_ids"] for r in self.by_task.get("caption", [])}
+
+    def captions_for_questions(self) -> dict[str, list[int]]:
+        """Caption ids by image for describe-first VQA; refuses, naming the fix, when a question's image
+        has no caption (the turn the answer is read from would be missing)."""
+        missing = sorted({r["image"] for r in self.by_task.get("vqa", [])} - set(self.captions_by_image))
+        if missing:
+            raise ValueError(f"pretrain.describe_first needs a caption record for every VQA image; {len(missing)} "
+                             f"images have questions but no caption (first: {missing[0]!r}). Add caption records "
+                             "for them or set pretrain.describe_first=false")
+        return self.captions_by_image
 
     def counts(self) -> dict[str, int]:
         return {t: len(v) for t, v in sorted(self.by_task.items())}
@@ -75,14 +86,17 @@ def collate(sequences: list[tuple[list[int], list[int]]], pad_id: int) -> dict[s
 
 
 def vqa_turns_sequence(vocab: Vocab, record: dict, records: TaskRecords, rng: random.Random,
-                       questions_per_sequence: int) -> tuple[list[int], list[int]]:
+                       questions_per_sequence: int, describe_ids: list[int] | None = None,
+                       captions: dict[str, list[int]] | None = None) -> tuple[list[int], list[int]]:
     """The drawn question first, then up to `questions_per_sequence - 1` other questions about the same
-    image in random order (`understanding_turns`)."""
+    image in random order (`understanding_turns`); with `captions`, after the image's caption turn."""
     others = [r for r in records.questions_by_image.get(record["image"], []) if r["id"] != record["id"]]
     rng.shuffle(others)
     chosen = [record] + others[: questions_per_sequence - 1]
-    return understanding_turns(vocab, records.codes[record["image"]],
-                               [(r["text_ids"], r["answer_ids"]) for r in chosen])
+    turns = [(r["text_ids"], r["answer_ids"]) for r in chosen]
+    if captions is not None:
+        turns.insert(0, (describe_ids or [], captions[record["image"]]))
+    return understanding_turns(vocab, records.codes[record["image"]], turns)
 
 
 def question_cum_weights(questions: list[dict], weights: dict[str, float]) -> list[float] | None:
@@ -111,11 +125,13 @@ def question_cum_weights(questions: list[dict], weights: dict[str, float]) -> li
 class TaskMixBatches(torch.utils.data.Dataset):
     """Item k = training batch `start_step + k`: a task drawn by `mix`, then `batch_size` of its records
     (VQA records drawn by `question_weights` per question type, if given).
-    With `questions_per_sequence > 1`, a VQA sequence also asks the image's other questions as turns."""
+    With `questions_per_sequence > 1`, a VQA sequence also asks the image's other questions as turns;
+    with `describe_first`, its questions follow the image's caption turn."""
 
     def __init__(self, records: TaskRecords, vocab: Vocab, describe_ids: list[int], mix: dict[str, float],
                  batch_size: int, num_steps: int, seed: int, p_drop: float, start_step: int = 0,
-                 questions_per_sequence: int = 1, question_weights: dict[str, float] | None = None):
+                 questions_per_sequence: int = 1, question_weights: dict[str, float] | None = None,
+                 describe_first: bool = False):
         if questions_per_sequence < 1:
             raise ValueError(f"pretrain.questions_per_sequence must be at least 1, got {questions_per_sequence}")
         self.question_cum_weights = question_cum_weights(records.by_task.get("vqa", []), question_weights or {})
@@ -129,6 +145,7 @@ class TaskMixBatches(torch.utils.data.Dataset):
         self.batch_size, self.num_steps, self.seed, self.p_drop, self.start_step = (
             batch_size, num_steps, seed, p_drop, start_step)
         self.questions_per_sequence = questions_per_sequence
+        self.captions = records.captions_for_questions() if describe_first and "vqa" in tasks else None
 
     def __len__(self) -> int:
         return max(0, self.num_steps - self.start_step)
@@ -143,10 +160,11 @@ class TaskMixBatches(torch.utils.data.Dataset):
         else:
             chosen = [pool[rng.randrange(len(pool))] for _ in range(self.batch_size)]
         if task == "vqa" and self.questions_per_sequence > 1:
-            seqs = [vqa_turns_sequence(self.vocab, r, self.records, rng, self.questions_per_sequence) for r in chosen]
+            seqs = [vqa_turns_sequence(self.vocab, r, self.records, rng, self.questions_per_sequence,
+                                       self.describe_ids, self.captions) for r in chosen]
         else:
-            seqs = [build_sequence(self.vocab, r, self.records.codes, rng, self.p_drop, self.describe_ids)
-                    for r in chosen]
+            seqs = [build_sequence(self.vocab, r, self.records.codes, rng, self.p_drop, self.describe_ids,
+                                   self.captions) for r in chosen]
         rank, world = process_rank()
         if self.batch_size % world:
             raise ValueError(f"pretrain.batch_size {self.batch_size} must be a multiple of the number of "
@@ -161,13 +179,14 @@ class EvalBatches(torch.utils.data.Dataset):
     """Validation: each task's first records in order, no condition dropout; one task per batch."""
 
     def __init__(self, records: TaskRecords, vocab: Vocab, describe_ids: list[int], batch_size: int,
-                 per_task: int):
+                 per_task: int, describe_first: bool = False):
         self.items = []
         for task in TASKS:
             pool = records.by_task.get(task, [])[:per_task]
             for start in range(0, len(pool), batch_size):
                 self.items.append((task, pool[start:start + batch_size]))
         self.records, self.vocab, self.describe_ids = records, vocab, describe_ids
+        self.captions = records.captions_for_questions() if describe_first and records.by_task.get("vqa") else None
 
     def __len__(self) -> int:
         return len(self.items)
@@ -175,7 +194,8 @@ class EvalBatches(torch.utils.data.Dataset):
     def __getitem__(self, k: int) -> dict:
         task, chosen = self.items[k]
         rng = random.Random(k)
-        seqs = [build_sequence(self.vocab, r, self.records.codes, rng, 0.0, self.describe_ids) for r in chosen]
+        seqs = [build_sequence(self.vocab, r, self.records.codes, rng, 0.0, self.describe_ids, self.captions)
+                for r in chosen]
         batch = collate(seqs, self.vocab.pad)
         batch["task"] = task
         return batch

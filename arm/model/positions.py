@@ -9,6 +9,16 @@ both turn on it. So each image token's input is
 
 as 2-D image models do (LlamaGen's 2-D positions, ViT's row/column tables). Text tokens are unchanged.
 
+With `source_embedding` on, an edit also sees its source where it is needed: the input at each position
+of the second image span (the target), which predicts cell j, gets a learned projection of the source's
+token at cell j added,
+
+    ... + source_projection(embed(source[j]))     (j = the cell predicted next; zero-initialised)
+
+so keeping an untouched cell is reading the residual stream rather than finding source cell j by
+attention across the instruction (the autoregressive counterpart of InstructPix2Pix concatenating the
+source latents to the denoiser's input). A dropped source (`<|soi|> <|eoi|>`) adds nothing.
+
 The embeddings live on a subclass of the Hugging Face causal LM (`with_image_positions(Qwen2ForCausalLM)`),
 so saving, loading, FSDP and the KV cache stay the library's; the settings travel in `config.json` as
 `arm_image_positions`. The cell of each token comes from the ids: inside a full sequence, from the
@@ -39,8 +49,36 @@ def image_cell_indices(ids: torch.Tensor, image_offset: int, codebook_size: int,
     return torch.where(is_image, seen - before_span - 1, torch.full_like(seen, -1))
 
 
+def source_grid(ids: torch.Tensor, image_offset: int, codebook_size: int, soi_id: int, cells: int) -> torch.Tensor:
+    """(B, T) ids -> (B, cells + 1): each row's first image span by cell (its ids), -1 where the span has
+    no token for a cell (a dropped source) and in the last column, which stands for "no next cell"."""
+    index = image_cell_indices(ids, image_offset, codebook_size, soi_id)
+    in_first = ((ids == soi_id).long().cumsum(-1) == 1) & (index >= 0) & (index < cells)
+    grid = torch.full((ids.shape[0], cells + 1), -1, dtype=ids.dtype, device=ids.device)
+    rows, at = in_first.nonzero(as_tuple=True)
+    grid[rows, index[rows, at]] = ids[rows, at]
+    return grid
+
+
+def next_source_ids(ids: torch.Tensor, image_offset: int, codebook_size: int, soi_id: int, cells: int) -> torch.Tensor:
+    """(B, T) ids -> (B, T): at the second image span's `<|soi|>` and image tokens, the first span's id
+    for the cell predicted next (cell 0 after the `<|soi|>`, j + 1 after cell j); -1 elsewhere.
+
+    >>> ids = torch.tensor([[7, 3, 10, 11, 4, 8, 3, 12, 13, 4]])           # <|edit|>, source, text, target
+    >>> next_source_ids(ids, image_offset=10, codebook_size=90, soi_id=3, cells=2).tolist()
+    [[-1, -1, -1, -1, -1, -1, 10, 11, -1, -1]]
+    """
+    index = image_cell_indices(ids, image_offset, codebook_size, soi_id)
+    is_soi = ids == soi_id
+    in_second = (is_soi.long().cumsum(-1) == 2) & (is_soi | (index >= 0))
+    predicted = torch.where(is_soi, torch.zeros_like(index), index + 1).clamp(0, cells)   # cells: none next
+    grid = source_grid(ids, image_offset, codebook_size, soi_id, cells)
+    return torch.where(in_second, grid.gather(1, predicted), torch.full_like(ids, -1))
+
+
 class ImagePositionsMixin:
-    """Adds `row_embedding` and `col_embedding` (g rows each) to a causal LM; see the module docstring."""
+    """Adds `row_embedding` and `col_embedding` (g rows each) to a causal LM, and with `source_embedding`
+    the `source_projection` of an edit's source; see the module docstring."""
 
     def __init__(self, config, *args, **kwargs):
         super().__init__(config, *args, **kwargs)
@@ -49,6 +87,14 @@ class ImagePositionsMixin:
         self.col_embedding = nn.Embedding(grid, config.hidden_size)
         for table in (self.row_embedding, self.col_embedding):
             nn.init.normal_(table.weight, std=config.initializer_range)
+        if config.arm_image_positions.get("source_embedding"):
+            self.source_projection = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+            nn.init.zeros_(self.source_projection.weight)  # starts as the model without it
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if module is getattr(self, "source_projection", None):
+            nn.init.zeros_(module.weight)
 
     def image_position_embeddings(self, cells: torch.Tensor) -> torch.Tensor:
         """(B, T) cells (-1 = not an image token) -> (B, T, d) embeddings, zero off images."""
@@ -57,7 +103,16 @@ class ImagePositionsMixin:
         cells = cells.clamp(0, grid * grid - 1)
         return (self.row_embedding(cells // grid) + self.col_embedding(cells % grid)) * inside
 
-    def forward(self, input_ids=None, inputs_embeds=None, image_cells: torch.Tensor | None = None, **kwargs):
+    def source_embeddings(self, source_ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) source ids (-1 = none) -> (B, T, d) projected source embeddings, zero where none."""
+        inside = (source_ids >= 0)[..., None]
+        embeds = self.get_input_embeddings()(source_ids.clamp(min=0)) * inside
+        return self.source_projection(embeds)
+
+    def forward(self, input_ids=None, inputs_embeds=None, image_cells: torch.Tensor | None = None,
+                source_ids: torch.Tensor | None = None, **kwargs):
+        """`image_cells` and `source_ids` are computed from `input_ids` in a full forward; one-token
+        decoding passes them (the engine knows the cell it samples and the source it holds)."""
         if input_ids is not None and self.config.arm_image_positions.get("span_stride"):
             # Without an explicit mask the library reads a jump in positions as the start of a packed
             # sequence (when it runs without a cache), so aligned spans always come with one.
@@ -66,12 +121,17 @@ class ImagePositionsMixin:
             if kwargs.get("position_ids") is None:  # a full forward (training, scoring): from the ids
                 kwargs["position_ids"] = model_positions(self, input_ids, kwargs["attention_mask"])
         if input_ids is not None:
+            settings = self.config.arm_image_positions
             if image_cells is None:
-                settings = self.config.arm_image_positions
                 image_cells = image_cell_indices(input_ids, settings["image_offset"], settings["codebook_size"],
                                                  settings["soi_id"])
             embeds = self.get_input_embeddings()(input_ids)
             inputs_embeds = embeds + self.image_position_embeddings(image_cells.to(input_ids.device)).to(embeds.dtype)
+            if settings.get("source_embedding"):
+                if source_ids is None:
+                    source_ids = next_source_ids(input_ids, settings["image_offset"], settings["codebook_size"],
+                                                 settings["soi_id"], settings["grid"] ** 2)
+                inputs_embeds = inputs_embeds + self.source_embeddings(source_ids.to(input_ids.device)).to(embeds.dtype)
         return super().forward(input_ids=None, inputs_embeds=inputs_embeds, **kwargs)
 
 

@@ -3,6 +3,10 @@
     understanding  <|und|> <|soi|> img <|eoi|> question  -> answer <|eos|>
                    [question -> answer <|eos|>] ...  more questions about the same image, as turns
     captioning     <|und|> <|soi|> img <|eoi|> "describe the image." -> caption <|eos|>
+    describe first <|und|> <|soi|> img <|eoi|> "describe the image." -> caption <|eos|> question -> answer <|eos|>
+                   (VQA when `describe_first` is on: the caption turn comes first, and inference
+                   describes the image before answering, so the answer can be read from the model's
+                   own words; docs/model.md)
     generation     <|t2i|> prompt <|soi|>  -> img <|eoi|>
     editing        <|edit|> <|soi|> src <|eoi|> instruction <|soi|>  -> tgt <|eoi|>
     text QA        <|und|> question  -> answer <|eos|>
@@ -67,6 +71,16 @@ def understanding_turns(vocab: Vocab, image, turns: list[tuple[list[int], list[i
     return ids, labels
 
 
+def understanding_turns_prefix(vocab: Vocab, image, answered: list[tuple[list[int], list[int]]],
+                               question: list[int]) -> list[int]:
+    """The prompt for a further question after answered turns about the same image: what inference feeds
+    a describe-first model once it has described the image (the training sequence up to the answer)."""
+    if not answered:
+        return understanding_prefix(vocab, image, question)
+    ids, _ = understanding_turns(vocab, image, answered)
+    return ids + list(question)
+
+
 def generation_sequence(vocab: Vocab, prompt: list[int], image) -> tuple[list[int], list[int]]:
     prefix = generation_prefix(vocab, prompt)
     target = [vocab.image_id(int(c)) for c in image] + [vocab[EOI]]
@@ -80,8 +94,10 @@ def editing_sequence(vocab: Vocab, source, instruction: list[int], target_image)
 
 
 def build_sequence(vocab: Vocab, record: dict, codes: dict, rng: random.Random, p_drop: float = 0.1,
-                   describe_ids: list[int] | None = None) -> tuple[list[int], list[int]]:
-    """The sequence of one prepared record; `codes` maps image keys to their (g*g,) token codes."""
+                   describe_ids: list[int] | None = None,
+                   captions: dict[str, list[int]] | None = None) -> tuple[list[int], list[int]]:
+    """The sequence of one prepared record; `codes` maps image keys to their (g*g,) token codes. With
+    `captions` (image key -> caption ids), a VQA record is asked after its image's caption turn."""
     task = record["task"]
     if task == "t2i":
         prompt = [] if rng.random() < p_drop else record["text_ids"]
@@ -93,7 +109,11 @@ def build_sequence(vocab: Vocab, record: dict, codes: dict, rng: random.Random, 
     if task == "caption":
         return understanding_sequence(vocab, codes[record["image"]], describe_ids or [], record["text_ids"])
     if task == "vqa":
-        return understanding_sequence(vocab, codes[record["image"]], record["text_ids"], record["answer_ids"])
+        turn = (record["text_ids"], record["answer_ids"])
+        if captions is not None:
+            return understanding_turns(vocab, codes[record["image"]],
+                                       [(describe_ids or [], captions[record["image"]]), turn])
+        return understanding_sequence(vocab, codes[record["image"]], *turn)
     if task == "text":
         return understanding_sequence(vocab, None, record["text_ids"], record["answer_ids"])
     raise ValueError(f"unknown task {task!r}")

@@ -54,7 +54,7 @@ def understanding_replay(cfg: ArmConfig, info, text_tokenizer):
     mix = {t: w for t, w in cfg.pretrain.task_mix.items() if t in ("vqa", "caption", "text") and w > 0}
     describe_ids = text_tokenizer.encode(DESCRIBE, add_special_tokens=False).ids
     return TaskMixBatches(records, info.vocab(), describe_ids, mix, cfg.rl.replay_batch_size, cfg.rl.max_steps,
-                          cfg.rl.seed + 1, p_drop=0.0)
+                          cfg.rl.seed + 1, p_drop=0.0, describe_first=info.describe_first)
 
 
 def rl_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict | None:
