@@ -66,11 +66,12 @@ def test_describe_first_answers_after_the_models_own_description(pipe):
 
     describer = Pipeline(pipe.model, replace(pipe.info, describe_first=True), pipe.text_tokenizer, pipe.visual,
                          batch_size=2)
+    direct = Pipeline(pipe.model, replace(pipe.info, describe_first=False), pipe.text_tokenizer, pipe.visual)
     images = pipe.generate(["a red circle", "a blue square", "a green triangle"], Guidance(scale=2.0), Sampling(seed=0))
     codes = pipe.encode_images(images)
     questions = ["what color is the circle?", DESCRIBE, "how many squares are there?"]
     explained = describer.explain_codes(codes, questions)
-    descriptions = pipe.understand_codes(codes, [DESCRIBE] * 3)
+    descriptions = direct.understand_codes(codes, [DESCRIBE] * 3)
     assert [d for _, d in explained] == descriptions
     assert explained[1][0] == descriptions[1]
     describe_ids = pipe.text_ids(DESCRIBE)
@@ -80,7 +81,7 @@ def test_describe_first_answers_after_the_models_own_description(pipe):
                                             pipe.text_ids(questions[k]))
         assert explained[k][0] == pipe.decode_text(pipe.engine.generate_text([prompt])[0])
     assert describer.understand(images, questions) == [a for a, _ in explained]
-    assert all(d is None for _, d in pipe.explain_codes(codes, questions))
+    assert all(d is None for _, d in direct.explain_codes(codes, questions))
     assert describer.explain_codes(None, ["what color is a ripe tomato?"])[0][1] is None
     with pytest.raises(ValueError, match="3 images but 2 questions"):
         describer.explain_codes(codes, questions[:2])
