@@ -239,8 +239,7 @@ def cmd_understand(args) -> None:
             raise ValueError("give a question after the image (or --text-only with questions alone)")
         images = np.stack([_read_image(args.image, pipe.image_size)] * len(args.questions))
         questions = list(args.questions)
-    codes = None if images is None else pipe.encode_images(images)
-    explained = pipe.explain_codes(codes, questions, sampling=Sampling(temperature=0.0))
+    explained = pipe.explain(images, questions, sampling=Sampling(temperature=0.0))
     for q, (a, description) in zip(questions, explained):
         # A describe-first model answered after its own description: show it, on stderr.
         if description is not None and description != a:

@@ -188,5 +188,10 @@ class Pipeline:
     def understand(self, images: np.ndarray | None, questions: list[str], max_new_tokens: int = 64,
                    sampling: Sampling | None = None) -> list[str]:
         """(N, S, S, 3) uint8 images (or None) + questions -> answers (greedy by default)."""
+        return [answer for answer, _ in self.explain(images, questions, max_new_tokens, sampling)]
+
+    def explain(self, images: np.ndarray | None, questions: list[str], max_new_tokens: int = 64,
+                sampling: Sampling | None = None) -> list[tuple[str, str | None]]:
+        """(N, S, S, 3) uint8 images (or None) + questions -> (answer, description) pairs (`explain_codes`)."""
         codes = None if images is None else self.encode_images(images)
-        return self.understand_codes(codes, questions, max_new_tokens, sampling)
+        return self.explain_codes(codes, questions, max_new_tokens, sampling)

@@ -89,8 +89,7 @@ class ARMModel:
 
     @bentoml.api
     def understand_one(self, image_png: str, question: str) -> dict:
-        codes = self.pipe.encode_images(_from_b64(image_png)[None])
-        answer, description = self.pipe.explain_codes(codes, [question])[0]
+        answer, description = self.pipe.explain(_from_b64(image_png)[None], [question])[0]
         return {"answer": answer, "description": description}
 
     @bentoml.api

@@ -127,7 +127,7 @@ def evaluate_understanding(pipe: Pipeline, data: SplitData, settings: EvalSettin
         images = data.images([r["image"] for r in records])
         questions = [r["text"] if r["task"] == "vqa" else DESCRIBE for r in records]
         # A describe-first model answers after its own description, kept to show beside the answer.
-        explained = pipe.explain_codes(pipe.encode_images(images), questions, sampling=Sampling(temperature=0.0))
+        explained = pipe.explain(images, questions, sampling=Sampling(temperature=0.0))
         for r, image, q, (pred, description) in zip(records, images, questions, explained):
             qtype = r["meta"].get("question_type", "describe")
             answer = r["answer"] if r["task"] == "vqa" else r["text"]

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from arm.data.shards import load_examples
-from arm.model.sequences import IGNORE, build_sequence, understanding_turns
+from arm.model.sequences import IGNORE, build_sequence, understanding_turns, with_caption_turn
 from arm.model.vocab import Vocab
 
 TASKS = ("t2i", "edit", "vqa", "caption", "text")
@@ -93,9 +93,7 @@ def vqa_turns_sequence(vocab: Vocab, record: dict, records: TaskRecords, rng: ra
     others = [r for r in records.questions_by_image.get(record["image"], []) if r["id"] != record["id"]]
     rng.shuffle(others)
     chosen = [record] + others[: questions_per_sequence - 1]
-    turns = [(r["text_ids"], r["answer_ids"]) for r in chosen]
-    if captions is not None:
-        turns.insert(0, (describe_ids or [], captions[record["image"]]))
+    turns = with_caption_turn([(r["text_ids"], r["answer_ids"]) for r in chosen], record["image"], describe_ids, captions)
     return understanding_turns(vocab, records.codes[record["image"]], turns)
 
 

@@ -49,10 +49,13 @@ def image_cell_indices(ids: torch.Tensor, image_offset: int, codebook_size: int,
     return torch.where(is_image, seen - before_span - 1, torch.full_like(seen, -1))
 
 
-def source_grid(ids: torch.Tensor, image_offset: int, codebook_size: int, soi_id: int, cells: int) -> torch.Tensor:
+def source_grid(ids: torch.Tensor, image_offset: int, codebook_size: int, soi_id: int, cells: int,
+                index: torch.Tensor | None = None) -> torch.Tensor:
     """(B, T) ids -> (B, cells + 1): each row's first image span by cell (its ids), -1 where the span has
-    no token for a cell (a dropped source) and in the last column, which stands for "no next cell"."""
-    index = image_cell_indices(ids, image_offset, codebook_size, soi_id)
+    no token for a cell (a dropped source) and in the last column, which stands for "no next cell".
+    `index`: the ids' `image_cell_indices`, when the caller has them."""
+    if index is None:
+        index = image_cell_indices(ids, image_offset, codebook_size, soi_id)
     in_first = ((ids == soi_id).long().cumsum(-1) == 1) & (index >= 0) & (index < cells)
     grid = torch.full((ids.shape[0], cells + 1), -1, dtype=ids.dtype, device=ids.device)
     rows, at = in_first.nonzero(as_tuple=True)
@@ -60,7 +63,8 @@ def source_grid(ids: torch.Tensor, image_offset: int, codebook_size: int, soi_id
     return grid
 
 
-def next_source_ids(ids: torch.Tensor, image_offset: int, codebook_size: int, soi_id: int, cells: int) -> torch.Tensor:
+def next_source_ids(ids: torch.Tensor, image_offset: int, codebook_size: int, soi_id: int, cells: int,
+                    index: torch.Tensor | None = None) -> torch.Tensor:
     """(B, T) ids -> (B, T): at the second image span's `<|soi|>` and image tokens, the first span's id
     for the cell predicted next (cell 0 after the `<|soi|>`, j + 1 after cell j); -1 elsewhere.
 
@@ -68,11 +72,12 @@ def next_source_ids(ids: torch.Tensor, image_offset: int, codebook_size: int, so
     >>> next_source_ids(ids, image_offset=10, codebook_size=90, soi_id=3, cells=2).tolist()
     [[-1, -1, -1, -1, -1, -1, 10, 11, -1, -1]]
     """
-    index = image_cell_indices(ids, image_offset, codebook_size, soi_id)
+    if index is None:  # the ids' image_cell_indices, unless the caller has them
+        index = image_cell_indices(ids, image_offset, codebook_size, soi_id)
     is_soi = ids == soi_id
     in_second = (is_soi.long().cumsum(-1) == 2) & (is_soi | (index >= 0))
     predicted = torch.where(is_soi, torch.zeros_like(index), index + 1).clamp(0, cells)   # cells: none next
-    grid = source_grid(ids, image_offset, codebook_size, soi_id, cells)
+    grid = source_grid(ids, image_offset, codebook_size, soi_id, cells, index)
     return torch.where(in_second, grid.gather(1, predicted), torch.full_like(ids, -1))
 
 
@@ -122,7 +127,8 @@ class ImagePositionsMixin:
                 kwargs["position_ids"] = model_positions(self, input_ids, kwargs["attention_mask"])
         if input_ids is not None:
             settings = self.config.arm_image_positions
-            if image_cells is None:
+            cells_from_ids = image_cells is None
+            if cells_from_ids:
                 image_cells = image_cell_indices(input_ids, settings["image_offset"], settings["codebook_size"],
                                                  settings["soi_id"])
             embeds = self.get_input_embeddings()(input_ids)
@@ -130,7 +136,8 @@ class ImagePositionsMixin:
             if settings.get("source_embedding"):
                 if source_ids is None:
                     source_ids = next_source_ids(input_ids, settings["image_offset"], settings["codebook_size"],
-                                                 settings["soi_id"], settings["grid"] ** 2)
+                                                 settings["soi_id"], settings["grid"] ** 2,
+                                                 index=image_cells if cells_from_ids else None)
                 inputs_embeds = inputs_embeds + self.source_embeddings(source_ids.to(input_ids.device)).to(embeds.dtype)
         return super().forward(input_ids=None, inputs_embeds=inputs_embeds, **kwargs)
 

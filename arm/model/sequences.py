@@ -93,6 +93,14 @@ def editing_sequence(vocab: Vocab, source, instruction: list[int], target_image)
     return prefix + target, [IGNORE] * len(prefix) + target
 
 
+def with_caption_turn(turns: list[tuple[list[int], list[int]]], image_key: str, describe_ids: list[int] | None,
+                      captions: dict[str, list[int]] | None) -> list[tuple[list[int], list[int]]]:
+    """Question turns about an image, after its caption turn when `captions` is given (describe first)."""
+    if captions is None:
+        return turns
+    return [(describe_ids or [], captions[image_key])] + turns
+
+
 def build_sequence(vocab: Vocab, record: dict, codes: dict, rng: random.Random, p_drop: float = 0.1,
                    describe_ids: list[int] | None = None,
                    captions: dict[str, list[int]] | None = None) -> tuple[list[int], list[int]]:
@@ -109,11 +117,8 @@ def build_sequence(vocab: Vocab, record: dict, codes: dict, rng: random.Random, 
     if task == "caption":
         return understanding_sequence(vocab, codes[record["image"]], describe_ids or [], record["text_ids"])
     if task == "vqa":
-        turn = (record["text_ids"], record["answer_ids"])
-        if captions is not None:
-            return understanding_turns(vocab, codes[record["image"]],
-                                       [(describe_ids or [], captions[record["image"]]), turn])
-        return understanding_sequence(vocab, codes[record["image"]], *turn)
+        turns = with_caption_turn([(record["text_ids"], record["answer_ids"])], record["image"], describe_ids, captions)
+        return understanding_turns(vocab, codes[record["image"]], turns)
     if task == "text":
         return understanding_sequence(vocab, None, record["text_ids"], record["answer_ids"])
     raise ValueError(f"unknown task {task!r}")
