@@ -138,6 +138,10 @@ class Engine:
         generators = [torch.Generator(device="cpu").manual_seed(s.seed) if s.seed is not None else None
                       for s in samplings]
         text_scale, image_scale = _row_scales(guidance_scale, b), _row_scales(image_guidance_scale, b)
+        if source_only is not None and bool((image_scale == 1.0).all()):
+            # At source scale 1 the mix is src + s (c - src): the fully unconditional rows drop out, so an
+            # edit runs two rows per image instead of three (a third less prefill and decode).
+            uncond, source_only = source_only, None
         guided = uncond is not None and (bool((text_scale != 1.0).any())
                                          or (source_only is not None and bool((image_scale != 1.0).any())))
         rows = list(cond) + (list(uncond) + (list(source_only) if source_only is not None else []) if guided else [])
@@ -152,7 +156,9 @@ class Engine:
                 c, u = image_logits[:b], image_logits[b:2 * b]
                 if source_only is not None:
                     src = image_logits[2 * b:3 * b]
-                    mixed = u + image_scale * (src - u) + text_scale * (c - src)
+                    # A row at source scale 1 mixes exactly as it would alone, in the two-row batch above.
+                    mixed = torch.where(image_scale == 1.0, src + text_scale * (c - src),
+                                        u + image_scale * (src - u) + text_scale * (c - src))
                 else:
                     mixed = u + text_scale * (c - u)
                 # Rows at scale 1 are exactly conditional (u + 1 * (c - u) can round differently from c).

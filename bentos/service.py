@@ -166,8 +166,8 @@ class ARM:
         self,
         image: Path,
         instruction: str = "make the circle blue",
-        text_guidance: Annotated[float, Ge(0), Le(20)] = 3.0,
-        image_guidance: Annotated[float, Ge(0), Le(20)] = 1.5,
+        text_guidance: Annotated[float, Ge(0), Le(20)] = 2.5,   # as the evaluation edits (configs/default.yaml)
+        image_guidance: Annotated[float, Ge(0), Le(20)] = 1.0,
         seed: Annotated[int, Ge(0), Le(2**31 - 1)] = 0,
     ) -> Image.Image:
         """Source image + instruction -> edited PNG (at the model's image size)."""

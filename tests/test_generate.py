@@ -119,6 +119,34 @@ def test_guided_logits_follow_the_cfg_formula(engine):
     assert int(got[0, 0]) == int(expected)
 
 
+def test_edit_guidance_follows_both_scales_and_source_scale_one_runs_two_rows(engine, monkeypatch):
+    """Editing mixes u + i (src - u) + t (c - src); at source scale 1 that is src + t (c - src), which needs
+    no fully unconditional row, and a row at scale 1 comes out the same beside rows at another scale."""
+    v = engine.vocab
+    source = [v.image_offset + k for k in (1, 5, 2, 7)]
+    cond = [v["<|edit|>"], v["<|soi|>"], *source, v["<|eoi|>"], 3, 4, v["<|soi|>"]]
+    src_only = [v["<|edit|>"], v["<|soi|>"], *source, v["<|eoi|>"], v["<|soi|>"]]
+    uncond = [v["<|edit|>"], v["<|soi|>"]]
+    c, u, src = (engine.prefill([row])[0][0, v.image_offset:v.size] for row in (cond, uncond, src_only))
+    greedy = Sampling(temperature=0)
+    for text, image in ((2.5, 1.5), (2.5, 1.0), (1.0, 2.0)):
+        expected = (u + image * (src - u) + text * (c - src)).argmax()
+        got = engine.generate_images([cond], 1, uncond=[uncond], source_only=[src_only], guidance_scale=text,
+                                     image_guidance_scale=image, sampling=greedy)
+        assert int(got[0, 0]) == int(expected), (text, image)
+
+    prefill, batch_sizes = engine.prefill, []
+    monkeypatch.setattr(engine, "prefill", lambda rows: (batch_sizes.append(len(rows)), prefill(rows))[1])
+    alone = engine.generate_images([cond], 6, uncond=[uncond], source_only=[src_only], guidance_scale=2.5,
+                                   image_guidance_scale=1.0, sampling=Sampling(seed=3))
+    assert batch_sizes == [2]  # cond + source-only: the unconditional row is never run
+    beside = engine.generate_images([cond, cond], 6, uncond=[uncond] * 2, source_only=[src_only] * 2,
+                                    guidance_scale=2.5, image_guidance_scale=[1.0, 1.5],
+                                    sampling=[Sampling(seed=3), Sampling(seed=4)])
+    assert batch_sizes[-1] == 6
+    assert torch.equal(beside[0], alone[0])
+
+
 def test_causality_future_tokens_do_not_change_past_logits(engine):
     a = torch.tensor([[5, 6, 7, 8, 9]])
     b = a.clone()
