@@ -1,7 +1,7 @@
 """Unified-model speed: decoding with and without the KV cache, the cost of batched classifier-free
-guidance, batch scaling, and training throughput (fp32 and bf16 autocast) with its achieved FLOP/s
-against a plain matmul of the same dtype measured in the same run (a CPU's practical peak, the
-denominator of our MFU).
+guidance (and of editing at source scale 1, two rows, against 1.5, three rows), batch scaling, and
+training throughput (fp32 and bf16 autocast) with its achieved FLOP/s against a plain matmul of the
+same dtype measured in the same run (a CPU's practical peak, the denominator of our MFU).
 
     python benchmarks/generate.py                                   # the trained artifacts/pretrain
     python benchmarks/generate.py --model path --config configs/small.yaml --device cuda
@@ -130,6 +130,22 @@ def main() -> None:
         result[f"image_tokens_per_s_batch{b}"] = b * num_tokens / plain
         result[f"guided_images_per_s_batch{b}"] = b / guided
         result[f"guidance_cost_ratio_batch{b}"] = guided / plain
+
+    # Editing's two guidance scales: at source scale != 1 each edit runs three rows (cond, uncond,
+    # source-only); at source scale 1 (the default's evaluation) the unconditional row drops out.
+    b = 16
+    source = [lo + (5 * k) % (hi - lo) for k in range(num_tokens)]
+    edit_cond = [[vocab["<|edit|>"], vocab["<|soi|>"], *source, vocab["<|eoi|>"]] + [(7 * i + j) % 200 for j in range(8)]
+                 + [vocab["<|soi|>"]] for i in range(b)]
+    edit_src = [[vocab["<|edit|>"], vocab["<|soi|>"], *source, vocab["<|eoi|>"], vocab["<|soi|>"]]] * b
+    edit_uncond = [[vocab["<|edit|>"], vocab["<|soi|>"]]] * b
+    for image_scale in (1.5, 1.0):
+        seconds = _timed(lambda: engine.generate_images(edit_cond, num_tokens, uncond=edit_uncond, source_only=edit_src,
+                                                        guidance_scale=2.5, image_guidance_scale=image_scale,
+                                                        sampling=Sampling(seed=0)), device)
+        result[f"edits_per_s_batch{b}_source_scale{image_scale}"] = b / seconds
+    result[f"edit_cost_ratio_source_scale1_vs_1.5_batch{b}"] = (result[f"edits_per_s_batch{b}_source_scale1.5"]
+                                                               / result[f"edits_per_s_batch{b}_source_scale1.0"])
 
     # Training throughput: forward, backward and AdamW on a batch like the task mix's (length ~90), in fp32
     # and under bf16 autocast (what `pretrain.precision: bf16-mixed` runs), each against a matmul of its dtype.
