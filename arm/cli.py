@@ -162,8 +162,8 @@ def _inference_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
 
 
-def _sampling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--guidance", type=float, default=3.0, help="text guidance scale (1 = none)")
+def _sampling_args(p: argparse.ArgumentParser, guidance: float = 3.0) -> None:
+    p.add_argument("--guidance", type=float, default=guidance, help="text guidance scale (1 = none)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
@@ -307,9 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image")
     p.add_argument("instruction")
     p.add_argument("--out", default="edited.png")
-    p.add_argument("--image-guidance", type=float, default=1.5, help="source-image guidance scale")
+    # The evaluation's editing scales (configs/default.yaml, docs/model.md: Editing's guidance).
+    p.add_argument("--image-guidance", type=float, default=1.0, help="source-image guidance scale (1 = none)")
     _inference_args(p)
-    _sampling_args(p)
+    _sampling_args(p, guidance=2.5)
     p.set_defaults(func=cmd_edit)
     p = sub.add_parser("understand", help="answer questions about an image (or text-only questions)")
     p.add_argument("image", help="image file (with --text-only: the first question)")
