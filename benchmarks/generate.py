@@ -133,19 +133,19 @@ def main() -> None:
 
     # Editing's two guidance scales: at source scale != 1 each edit runs three rows (cond, uncond,
     # source-only); at source scale 1 (the default's evaluation) the unconditional row drops out.
-    b = 16
+    edits = 16
     source = [lo + (5 * k) % (hi - lo) for k in range(num_tokens)]
     edit_cond = [[vocab["<|edit|>"], vocab["<|soi|>"], *source, vocab["<|eoi|>"]] + [(7 * i + j) % 200 for j in range(8)]
-                 + [vocab["<|soi|>"]] for i in range(b)]
-    edit_src = [[vocab["<|edit|>"], vocab["<|soi|>"], *source, vocab["<|eoi|>"], vocab["<|soi|>"]]] * b
-    edit_uncond = [[vocab["<|edit|>"], vocab["<|soi|>"]]] * b
+                 + [vocab["<|soi|>"]] for i in range(edits)]
+    edit_src = [[vocab["<|edit|>"], vocab["<|soi|>"], *source, vocab["<|eoi|>"], vocab["<|soi|>"]]] * edits
+    edit_uncond = [[vocab["<|edit|>"], vocab["<|soi|>"]]] * edits
     for image_scale in (1.5, 1.0):
         seconds = _timed(lambda: engine.generate_images(edit_cond, num_tokens, uncond=edit_uncond, source_only=edit_src,
                                                         guidance_scale=2.5, image_guidance_scale=image_scale,
                                                         sampling=Sampling(seed=0)), device)
-        result[f"edits_per_s_batch{b}_source_scale{image_scale}"] = b / seconds
-    result[f"edit_cost_ratio_source_scale1_vs_1.5_batch{b}"] = (result[f"edits_per_s_batch{b}_source_scale1.5"]
-                                                               / result[f"edits_per_s_batch{b}_source_scale1.0"])
+        result[f"edits_per_s_batch{edits}_source_scale{image_scale}"] = edits / seconds
+    result[f"edit_cost_ratio_source_scale1_vs_1.5_batch{edits}"] = (
+        result[f"edits_per_s_batch{edits}_source_scale1.5"] / result[f"edits_per_s_batch{edits}_source_scale1.0"])
 
     # Training throughput: forward, backward and AdamW on a batch like the task mix's (length ~90), in fp32
     # and under bf16 autocast (what `pretrain.precision: bf16-mixed` runs), each against a matmul of its dtype.

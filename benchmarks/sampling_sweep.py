@@ -75,7 +75,7 @@ def main() -> None:
             if "edit" in args.tasks:
                 scores["edit/g_o"] = per_item(evaluate_editing, scale, image_scale, temperature, top_k, "edit/g_o")
             row = {"guidance_scale": scale, "image_guidance_scale": image_scale, "temperature": temperature,
-                   "top_k": top_k, "seeds": args.seeds, "seconds": time.perf_counter() - start}
+                   "top_k": top_k, "seconds": time.perf_counter() - start}
             notes = []
             for metric in ("gen/acc", "edit/g_o"):
                 values = scores.get(metric)
