@@ -22,6 +22,7 @@ import torch
 
 from arm.checkpoints import fingerprint, resume_point, source_files, stop_at
 from arm.config import ArmConfig
+from arm.memory import keep_freed_memory
 from arm.model.data import DESCRIBE, EvalBatches, TaskMixBatches, TaskRecords
 from arm.model.vocab import Vocab
 from arm.precision import warn_if_bf16_is_emulated
@@ -131,6 +132,7 @@ def pretrain_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict |
     from arm.text_tokenizer import load_tokenizer
 
     quiet_lightning()
+    keep_freed_memory()  # each step's tensors reuse the last step's pages (arm/memory.py)
     p = cfg.pretrain
     world = p.devices * p.num_nodes if p.strategy != "auto" else 1
     if p.batch_size % world:

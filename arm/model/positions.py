@@ -115,9 +115,11 @@ class ImagePositionsMixin:
         return self.source_projection(embeds)
 
     def forward(self, input_ids=None, inputs_embeds=None, image_cells: torch.Tensor | None = None,
-                source_ids: torch.Tensor | None = None, **kwargs):
+                source_ids: torch.Tensor | None = None, logits_at: torch.Tensor | None = None, **kwargs):
         """`image_cells` and `source_ids` are computed from `input_ids` in a full forward; one-token
-        decoding passes them (the engine knows the cell it samples and the source it holds)."""
+        decoding passes them (the engine knows the cell it samples and the source it holds).
+        With `logits_at` ((B, T) bool), only those positions' logits are computed and returned, as an
+        (N, V) tensor in row-major order: training's loss needs them only where a target is predicted."""
         if input_ids is not None and self.config.arm_image_positions.get("span_stride"):
             # Without an explicit mask the library reads a jump in positions as the start of a packed
             # sequence (when it runs without a cache), so aligned spans always come with one.
@@ -139,6 +141,11 @@ class ImagePositionsMixin:
                                                  settings["soi_id"], settings["grid"] ** 2,
                                                  index=image_cells if cells_from_ids else None)
                 inputs_embeds = inputs_embeds + self.source_embeddings(source_ids.to(input_ids.device)).to(embeds.dtype)
+        if logits_at is not None:
+            # About half of the training positions predict a target (the rest are prompts and padding):
+            # the output head and the softmax over every id are paid for those rows alone.
+            hidden = self.base_model(inputs_embeds=inputs_embeds, **kwargs).last_hidden_state   # (B, T, d)
+            return self.get_output_embeddings()(hidden[logits_at.to(hidden.device)])           # (N, V)
         return super().forward(input_ids=None, inputs_embeds=inputs_embeds, **kwargs)
 
 

@@ -63,6 +63,7 @@ def rl_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict | None:
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from arm.pretrain import load_unified_model
+    from arm.memory import keep_freed_memory
     from arm.progress import quiet_lightning, training_progress
     from arm.rl.data import RLPrompts
     from arm.rl.rewards import combined_reward
@@ -70,6 +71,7 @@ def rl_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict | None:
     from arm.tokenizer.model import VisualTokenizer
 
     quiet_lightning()
+    keep_freed_memory()  # each step's tensors reuse the last step's pages (arm/memory.py)
     # Checkpoints hold the weights after each step's update, which is what resuming needs.
     warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
     r = cfg.rl

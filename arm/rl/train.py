@@ -184,11 +184,10 @@ class GRPOModule(L.LightningModule):
 
     def _replay_step(self, step: int) -> torch.Tensor:
         """Backpropagate replay_weight x the next-token loss of this step's understanding batch."""
-        from arm.model.train import next_token_loss
+        from arm.model.train import attention_mask_for, target_loss
 
-        batch = self.replay[step]
-        ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
-        loss = next_token_loss(self.model(input_ids=ids, attention_mask=mask).logits, batch["labels"].to(self.device))
+        batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in self.replay[step].items()}
+        loss = target_loss(self.model, batch["input_ids"], batch["labels"], attention_mask_for(batch))
         self.manual_backward(self.settings.replay_weight * loss)
         return loss.detach()
 

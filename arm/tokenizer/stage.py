@@ -19,6 +19,7 @@ import torch
 
 from arm.checkpoints import fingerprint, resume_point, source_files, stop_at
 from arm.config import ArmConfig
+from arm.memory import keep_freed_memory
 from arm.progress import progress, quiet_lightning, training_progress
 from arm.tokenizer.data import EvalBatches, StepBatches, load_captioned_images
 from arm.tokenizer.metrics import code_statistics, encode_all, exact_recovery, probe_scores, retrieval
@@ -61,6 +62,7 @@ def tokenizer_stage(cfg: ArmConfig, *, max_steps: int | None = None, stop_at_ste
     from arm.text_tokenizer import load_tokenizer
 
     quiet_lightning()
+    keep_freed_memory()  # each step's tensors reuse the last step's pages (arm/memory.py)
     t = cfg.tokenizer
     max_steps = max_steps or t.max_steps
     started = time.monotonic()
