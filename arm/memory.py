@@ -3,8 +3,9 @@
 glibc returns large freed blocks to the kernel: blocks above its mmap threshold are unmapped when freed,
 and free space above its trim threshold is cut from the heap's top. A training step frees nearly all it
 allocated (activations, gradients of activations, logits), so the next step's tensors land on fresh
-pages that the kernel must fault in and zero again: about 5,000 page faults per step of the default
-model on the project's CPU, which cost 12 to 14% of the step (`benchmarks/train_step.py` measures it).
+pages that the kernel must fault in and zero again: 5,000 to 17,000 page faults per step of the default
+model on the project's CPU, which cost up to 14% of the step depending on the machine's hour
+(`benchmarks/train_step.py` measures it).
 PyTorch's CPU performance guide suggests preloading jemalloc or tcmalloc for the same reason; this is
 the in-process glibc equivalent, with nothing to install or preload.
 

@@ -123,6 +123,15 @@ def image_rows_pretrained(pretrained_path: str | None, vocab: Vocab) -> bool:
     return AutoConfig.from_pretrained(pretrained_path, local_files_only=True).vocab_size > vocab.image_offset
 
 
+def training_batches(p, records: TaskRecords, vocab: Vocab, describe_ids: list[int], start_step: int = 0) -> TaskMixBatches:
+    """The micro-batches a run of the `pretrain` section `p` trains on from optimiser step `start_step`
+    on: a pure function of the settings and the step (what `benchmarks/train_step.py` times, too)."""
+    accumulate = p.accumulate_grad_batches
+    return TaskMixBatches(records, vocab, describe_ids, dict(p.task_mix), p.batch_size, p.max_steps * accumulate,
+                          p.seed, p.p_drop_condition, start_step * accumulate, p.questions_per_sequence,
+                          dict(p.question_type_weights), p.describe_first)
+
+
 def pretrain_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict | None:
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
@@ -168,9 +177,7 @@ def pretrain_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict |
                         *source_files("model", "pretrain.py", "checkpoints.py", "schedules.py"))
     resume, start_step = resume_point(ckpt_dir, stamp, "pretrain")
 
-    batches = TaskMixBatches(train, vocab, describe_ids, dict(p.task_mix), p.batch_size, p.max_steps * p.accumulate_grad_batches,
-                             p.seed, p.p_drop_condition, start_step * p.accumulate_grad_batches,
-                             p.questions_per_sequence, dict(p.question_type_weights), p.describe_first)
+    batches = training_batches(p, train, vocab, describe_ids, start_step)
     val_batches = EvalBatches(val, vocab, describe_ids, p.batch_size, p.val_records_per_task, p.describe_first)
     loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False)
     val_loader = torch.utils.data.DataLoader(val_batches, batch_size=None, shuffle=False)

@@ -38,10 +38,11 @@ def measure(config: str, steps: int, overrides: list[str]) -> dict:
     import torch
 
     from arm.config import load_config
-    from arm.model.data import DESCRIBE, TaskMixBatches, TaskRecords
-    from arm.model.train import PretrainModule, attention_mask_for, next_token_loss, target_loss
+    from arm.model.backbone import build_causal_lm
+    from arm.model.data import DESCRIBE, TaskRecords
+    from arm.model.train import attention_mask_for, next_token_loss, target_loss
     from arm.model.vocab import Vocab
-    from arm.pretrain import backbone_kwargs
+    from arm.pretrain import backbone_kwargs, training_batches
     from arm.text_tokenizer import load_tokenizer
 
     cfg = load_config(config, overrides)
@@ -53,13 +54,10 @@ def measure(config: str, steps: int, overrides: list[str]) -> dict:
     encoded = json.loads((encode_dir / "summary.json").read_text())
     vocab = Vocab.from_tokenizer(tokenizer, encoded["codebook_size"])
     describe_ids = tokenizer.encode(DESCRIBE, add_special_tokens=False).ids
-    batches = TaskMixBatches(TaskRecords(prepare_dir, encode_dir, "train"), vocab, describe_ids, dict(p.task_mix),
-                             p.batch_size, p.max_steps, p.seed, p.p_drop_condition, 0, p.questions_per_sequence,
-                             dict(p.question_type_weights), p.describe_first)
-    batches = [batches[k] for k in range(steps)]
+    run = training_batches(p, TaskRecords(prepare_dir, encode_dir, "train"), vocab, describe_ids)
+    batches = [run[k] for k in range(steps)]
     torch.manual_seed(p.seed)
-    model = PretrainModule(backbone_kwargs(cfg, vocab, encoded["grid"]), lr=p.lr, warmup_steps=p.warmup_steps,
-                           max_steps=p.max_steps).model
+    model = build_causal_lm(**backbone_kwargs(cfg, vocab, encoded["grid"]))
     opt = torch.optim.AdamW(model.parameters(), lr=p.lr * 0.01)
     losses = {
         "full": lambda b: next_token_loss(model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits,

@@ -92,9 +92,6 @@ class PretrainModule(L.LightningModule):
         fully_shard(self.model, mesh=dp_mesh, mp_policy=mp)
         self._sharded = True
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = target_loss(self.model, batch["input_ids"], batch["labels"], attention_mask_for(batch))
         task = batch["task"]

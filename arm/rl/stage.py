@@ -62,8 +62,8 @@ def rl_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict | None:
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from arm.pretrain import load_unified_model
     from arm.memory import keep_freed_memory
+    from arm.pretrain import load_unified_model
     from arm.progress import quiet_lightning, training_progress
     from arm.rl.data import RLPrompts
     from arm.rl.rewards import combined_reward
