@@ -198,9 +198,10 @@ class PretrainConfig:
             raise ValueError(f"pretrain.image_embedding_init must be random or tokenizer, got {self.image_embedding_init!r}")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"pretrain.schedule must be cosine or constant, got {self.schedule!r}")
-        unknown = set(self.task_mix) - {"t2i", "edit", "vqa", "caption", "text"}
+        unknown = set(self.task_mix) - {"t2i", "edit", "vqa", "caption", "text", "read"}
         if unknown:
-            raise ValueError(f"pretrain.task_mix has unknown tasks {sorted(unknown)}; use t2i, edit, vqa, caption, text")
+            raise ValueError(f"pretrain.task_mix has unknown tasks {sorted(unknown)}; use t2i, edit, vqa, caption, "
+                             "text, read")
         if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
             raise ValueError("pretrain.hidden_size must divide by num_heads, and num_heads by num_kv_heads")
         if self.image_span_stride and not self.image_position_embedding:
@@ -239,7 +240,7 @@ class RLConfig:
     clip_eps: float = 0.2
     rewards: Dict[str, float] = field(default_factory=lambda: {"instruction": 1.0, "consistency": 1.0, "quality": 0.25})
     # Understanding replay (InstructGPT's PPO-ptx): each step also takes the next-token loss of this many
-    # understanding sequences (vqa, caption, text, in pretrain.task_mix's proportions), so RL on image
+    # understanding sequences (vqa, caption, text, read, in pretrain.task_mix's proportions), so RL on image
     # tokens does not wear away what the shared weights know about answering. 0 turns it off.
     replay_weight: float = 1.0
     replay_batch_size: int = 16

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from arm.model.data import EvalBatches, TaskMixBatches, TaskRecords
-from arm.model.sequences import (IGNORE, build_sequence, editing_sequence, understanding_sequence, understanding_turns,
-                                 understanding_turns_prefix)
+from arm.model.sequences import (IGNORE, build_sequence, editing_sequence, reading_sequence, understanding_sequence,
+                                 understanding_turns, understanding_turns_prefix)
 from arm.model.vocab import Vocab
 from arm.text_tokenizer import SPECIAL_TOKENS, train_bpe
 
@@ -141,3 +141,50 @@ def test_describe_first_batches_need_a_caption_for_every_question_image(vocab, t
     records.captions_by_image = {}
     with pytest.raises(ValueError, match="1 images have questions but no caption.*describe_first=false"):
         TaskMixBatches(records, vocab, [5], {"vqa": 1.0}, 4, 1, 0, 0.0, describe_first=True)
+
+
+def test_caption_reading_is_describe_first_vqa_without_its_image(vocab):
+    """A caption-reading sequence is the describe-first VQA sequence with its image span cut out, and
+    only the answer as target: the question stands as far from every caption token as at inference."""
+    describe, caption, question, answer = [5, 6], [11, 12, 13], [7, 8], [9]
+    record = {"task": "vqa", "image": "x", "text_ids": question, "answer_ids": answer}
+    full, _ = build_sequence(vocab, record, {"x": [1, 2]}, random.Random(0), 0.0, describe, captions={"x": caption})
+    span = [vocab["<|soi|>"], vocab.image_id(1), vocab.image_id(2), vocab["<|eoi|>"]]
+    assert full[1:1 + len(span)] == span
+    ids, labels = reading_sequence(vocab, describe, caption, question, answer)
+    assert ids == full[:1] + full[1 + len(span):]
+    assert [l for l in labels if l != IGNORE] == answer + [vocab["<|eos|>"]]
+    assert labels[-2:] == answer + [vocab["<|eos|>"]]
+
+
+def test_caption_reading_batches_draw_vqa_records_and_need_their_captions(vocab):
+    """`task_mix.read` has no records of its own: it draws the VQA questions (by their type weights),
+    holds no image tokens, and learns only answers; without captions it is refused, naming the fix."""
+    def question(i, qtype):
+        return {"id": f"q{i}", "task": "vqa", "image": "x", "text_ids": [7 if qtype == "exists" else 8],
+                "answer_ids": [9], "meta": {"question_type": qtype}}
+
+    pool = [question(i, "exists" if i % 2 else "color") for i in range(20)]
+    records = SimpleNamespace(codes={"x": [0, 1]}, by_task={"vqa": pool, "caption": []},
+                              questions_by_image={"x": pool}, captions_by_image={"x": [11, 12]})
+    records.captions_for_questions = lambda: TaskRecords.captions_for_questions(records)
+    batches = TaskMixBatches(records, vocab, [5], {"read": 1.0}, 64, 20, 0, 0.0, question_weights={"exists": 3.0})
+    rows, labels = [], []
+    for k in range(len(batches)):
+        batch = batches[k]
+        assert batch["task"] == "read"
+        rows.append(batch["input_ids"])
+        labels.append(batch["labels"])
+    rows, labels = torch.cat(rows), torch.cat(labels)
+    assert not (rows >= vocab.image_offset).any()
+    assert sorted(set(labels[labels != IGNORE].tolist())) == [9, vocab["<|eos|>"]]
+    assert (rows[:, 1:4] == torch.tensor([5, 11, 12])).all()                # describe, then the caption
+    assert 0.70 < (rows == 7).any(dim=1).float().mean().item() < 0.80       # exists drawn 3 to 1
+    # Mixed with VQA but not describe-first: VQA keeps its direct template, reading still reads.
+    mixed = TaskMixBatches(records, vocab, [5], {"vqa": 1.0, "read": 1.0}, 8, 12, 0, 0.0)
+    by_task = {mixed[k]["task"]: mixed[k] for k in range(len(mixed))}
+    assert set(by_task) == {"vqa", "read"}
+    assert not (by_task["vqa"]["input_ids"] == 11).any() and (by_task["read"]["input_ids"] == 11).any()
+    records.captions_by_image = {}
+    with pytest.raises(ValueError, match=r"no caption.*task_mix.read=0"):
+        TaskMixBatches(records, vocab, [5], {"read": 1.0}, 4, 1, 0, 0.0)

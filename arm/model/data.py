@@ -20,10 +20,13 @@ import numpy as np
 import torch
 
 from arm.data.shards import load_examples
-from arm.model.sequences import IGNORE, build_sequence, understanding_turns, with_caption_turn
+from arm.model.sequences import IGNORE, build_sequence, reading_sequence, understanding_turns, with_caption_turn
 from arm.model.vocab import Vocab
 
 TASKS = ("t2i", "edit", "vqa", "caption", "text")
+# Training tasks made from another task's records: caption reading asks the VQA questions after their
+# image's caption, without the image (arm.model.sequences.reading_sequence).
+RECORDS_OF = {"read": "vqa"}
 DESCRIBE = "describe the image."
 
 
@@ -63,9 +66,10 @@ class TaskRecords:
         has no caption (the turn the answer is read from would be missing)."""
         missing = sorted({r["image"] for r in self.by_task.get("vqa", [])} - set(self.captions_by_image))
         if missing:
-            raise ValueError(f"pretrain.describe_first needs a caption record for every VQA image; {len(missing)} "
-                             f"images have questions but no caption (first: {missing[0]!r}). Add caption records "
-                             "for them or set pretrain.describe_first=false")
+            raise ValueError(f"pretrain.describe_first and caption reading (pretrain.task_mix.read) need a caption "
+                             f"record for every VQA image; {len(missing)} images have questions but no caption "
+                             f"(first: {missing[0]!r}). Add caption records for them, or set "
+                             "pretrain.describe_first=false and pretrain.task_mix.read=0")
         return self.captions_by_image
 
     def counts(self) -> dict[str, int]:
@@ -122,7 +126,8 @@ def question_cum_weights(questions: list[dict], weights: dict[str, float]) -> li
 
 class TaskMixBatches(torch.utils.data.Dataset):
     """Item k = training batch `start_step + k`: a task drawn by `mix`, then `batch_size` of its records
-    (VQA records drawn by `question_weights` per question type, if given).
+    (VQA records drawn by `question_weights` per question type, if given; caption reading, `read`,
+    draws VQA records the same way and asks them after their image's caption, without the image).
     With `questions_per_sequence > 1`, a VQA sequence also asks the image's other questions as turns;
     with `describe_first`, its questions follow the image's caption turn."""
 
@@ -133,7 +138,7 @@ class TaskMixBatches(torch.utils.data.Dataset):
         if questions_per_sequence < 1:
             raise ValueError(f"pretrain.questions_per_sequence must be at least 1, got {questions_per_sequence}")
         self.question_cum_weights = question_cum_weights(records.by_task.get("vqa", []), question_weights or {})
-        tasks = [t for t in mix if mix[t] > 0 and records.by_task.get(t)]
+        tasks = [t for t in mix if mix[t] > 0 and records.by_task.get(RECORDS_OF.get(t, t))]
         if not tasks:
             raise ValueError(f"no training records for any task in pretrain.task_mix {dict(mix)}; "
                              f"the data has {records.counts()}")
@@ -143,7 +148,10 @@ class TaskMixBatches(torch.utils.data.Dataset):
         self.batch_size, self.num_steps, self.seed, self.p_drop, self.start_step = (
             batch_size, num_steps, seed, p_drop, start_step)
         self.questions_per_sequence = questions_per_sequence
-        self.captions = records.captions_for_questions() if describe_first and "vqa" in tasks else None
+        needs_captions = (describe_first and "vqa" in tasks) or "read" in tasks
+        captions = records.captions_for_questions() if needs_captions else None
+        self.captions = captions if describe_first else None   # VQA's caption turn
+        self.reading_captions = captions                      # what caption reading reads
 
     def __len__(self) -> int:
         return max(0, self.num_steps - self.start_step)
@@ -152,12 +160,16 @@ class TaskMixBatches(torch.utils.data.Dataset):
         step = self.start_step + k
         rng = random.Random(self.seed * 1_000_003 + step)
         task = rng.choices(self.tasks, self.weights)[0]
-        pool = self.records.by_task[task]
-        if task == "vqa" and self.question_cum_weights is not None:
+        records_task = RECORDS_OF.get(task, task)
+        pool = self.records.by_task[records_task]
+        if records_task == "vqa" and self.question_cum_weights is not None:
             chosen = rng.choices(pool, cum_weights=self.question_cum_weights, k=self.batch_size)
         else:
             chosen = [pool[rng.randrange(len(pool))] for _ in range(self.batch_size)]
-        if task == "vqa" and self.questions_per_sequence > 1:
+        if task == "read":
+            seqs = [reading_sequence(self.vocab, self.describe_ids, self.reading_captions[r["image"]],
+                                     r["text_ids"], r["answer_ids"]) for r in chosen]
+        elif task == "vqa" and self.questions_per_sequence > 1:
             seqs = [vqa_turns_sequence(self.vocab, r, self.records, rng, self.questions_per_sequence,
                                        self.describe_ids, self.captions) for r in chosen]
         else:

@@ -10,6 +10,9 @@
     generation     <|t2i|> prompt <|soi|>  -> img <|eoi|>
     editing        <|edit|> <|soi|> src <|eoi|> instruction <|soi|>  -> tgt <|eoi|>
     text QA        <|und|> question  -> answer <|eos|>
+    caption read   <|und|> "describe the image." caption <|eos|> question -> answer <|eos|>
+                   (`task_mix.read`: describe-first VQA without its image, the caption given, not
+                   predicted: the answer must be read off the words, as inference reads its own)
 
 Condition dropout for classifier-free guidance: with probability p the prompt (generation) or, each
 on its own, the instruction and the source image (editing) are dropped from the condition, so the model
@@ -91,6 +94,23 @@ def editing_sequence(vocab: Vocab, source, instruction: list[int], target_image)
     prefix = editing_prefix(vocab, source, instruction)
     target = [vocab.image_id(int(c)) for c in target_image] + [vocab[EOI]]
     return prefix + target, [IGNORE] * len(prefix) + target
+
+
+def reading_sequence(vocab: Vocab, describe_ids: list[int], caption: list[int], question: list[int],
+                     answer: list[int]) -> tuple[list[int], list[int]]:
+    """A describe-first VQA sequence without its image span, the caption turn given rather than a target:
+    only the answer is learned, and it can only come from the caption. The question sits at the same
+    distance from each caption token as in the full sequence, so what is learned here is what the
+    model does after describing an image (`pretrain.task_mix.read`; docs/model.md).
+
+    >>> from arm.model.vocab import Vocab
+    >>> v = Vocab(10, 4, {"<|pad|>": 3, "<|eos|>": 4, "<|und|>": 5, "<|t2i|>": 6, "<|edit|>": 7, "<|soi|>": 8, "<|eoi|>": 9})
+    >>> reading_sequence(v, describe_ids=[1], caption=[2, 2], question=[0], answer=[1])
+    ([5, 1, 2, 2, 4, 0, 1, 4], [-100, -100, -100, -100, -100, -100, 1, 4])
+    """
+    ids, _ = understanding_turns(vocab, None, [(describe_ids, caption), (question, answer)])
+    target = list(answer) + [vocab[EOS]]
+    return ids, [IGNORE] * (len(ids) - len(target)) + target
 
 
 def with_caption_turn(turns: list[tuple[list[int], list[int]]], image_key: str, describe_ids: list[int] | None,
