@@ -177,12 +177,31 @@ class Pipeline:
             captions = self.engine.generate_text([self.understanding_prompt(codes[i], describe_ids) for i in rows],
                                                  max_new_tokens, sampling)
             asked = [k for k, q in enumerate(question_ids) if q != describe_ids]
-            prompts = [understanding_turns_prefix(self.vocab, codes[rows[k]], [(describe_ids, captions[k])],
-                                                  question_ids[k]) for k in asked]
-            answers = dict(zip(asked, self.engine.generate_text(prompts, max_new_tokens, sampling))) if asked else {}
+            answers = dict(zip(asked, self.answer_after_descriptions(
+                [codes[rows[k]] for k in asked], [captions[k] for k in asked], [question_ids[k] for k in asked],
+                max_new_tokens, sampling))) if asked else {}
             for k, caption in enumerate(captions):
                 description = self.decode_text(caption)
                 out.append((self.decode_text(answers[k]) if k in answers else description, description))
+        return out
+
+    def answer_after_descriptions(self, codes: np.ndarray | list | None, descriptions: list[list[int]],
+                                  question_ids: list[list[int]], max_new_tokens: int = 64,
+                                  sampling: Sampling | None = None) -> list[list[int]]:
+        """A describe-first model's second pass: answer ids for each question asked after the image's
+        description turn (`descriptions`: text ids, the model's own or any other, e.g. a reference
+        caption); `codes` None leaves the image span out.
+
+        >>> # pipe = Pipeline.load("artifacts/pretrain", "artifacts/tokenizer")
+        >>> # pipe.decode_text(pipe.answer_after_descriptions(codes[:1], [pipe.text_ids("a red square ...")],
+        >>> #                                                 [pipe.text_ids("how many red objects?")])[0])
+        """
+        describe_ids = self.text_ids(DESCRIBE)
+        out: list[list[int]] = []
+        for a, b in self._batches(len(question_ids)):
+            prompts = [understanding_turns_prefix(self.vocab, None if codes is None else codes[i],
+                                                  [(describe_ids, descriptions[i])], question_ids[i]) for i in range(a, b)]
+            out += self.engine.generate_text(prompts, max_new_tokens, sampling)
         return out
 
     def understand(self, images: np.ndarray | None, questions: list[str], max_new_tokens: int = 64,

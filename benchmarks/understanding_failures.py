@@ -32,17 +32,10 @@ def answers_after_caption(pipe, codes, captions: list[str], questions: list[str]
     """Greedy answers to `questions` asked after the given `captions` (one per question), the way a
     describe-first model is asked after its own; `with_image=False` leaves the image span out."""
     from arm.generate import Sampling
-    from arm.model.data import DESCRIBE
-    from arm.model.sequences import understanding_turns_prefix
 
-    describe_ids = pipe.text_ids(DESCRIBE)
-    out: list[str] = []
-    for a, b in pipe._batches(len(questions)):
-        prompts = [understanding_turns_prefix(pipe.vocab, codes[i] if with_image else None,
-                                              [(describe_ids, pipe.text_ids(captions[i]))], pipe.text_ids(questions[i]))
-                   for i in range(a, b)]
-        out += [pipe.decode_text(ids) for ids in pipe.engine.generate_text(prompts, 16, Sampling(temperature=0.0))]
-    return out
+    ids = pipe.answer_after_descriptions(codes if with_image else None, [pipe.text_ids(c) for c in captions],
+                                         [pipe.text_ids(q) for q in questions], 16, Sampling(temperature=0.0))
+    return [pipe.decode_text(answer) for answer in ids]
 
 
 def main() -> None:

@@ -80,6 +80,11 @@ def test_describe_first_answers_after_the_models_own_description(pipe):
         prompt = understanding_turns_prefix(pipe.vocab, codes[k], [(describe_ids, caption_ids[k])],
                                             pipe.text_ids(questions[k]))
         assert explained[k][0] == pipe.decode_text(pipe.engine.generate_text([prompt])[0])
+    # The second pass on its own, after any description, with the image span left out.
+    question_ids = pipe.text_ids(questions[0])
+    without_image = understanding_turns_prefix(pipe.vocab, None, [(describe_ids, caption_ids[0])], question_ids)
+    assert (describer.answer_after_descriptions(None, [caption_ids[0]], [question_ids])
+            == pipe.engine.generate_text([without_image]))
     assert describer.understand(images, questions) == [a for a, _ in explained]
     assert all(d is None for _, d in direct.explain_codes(codes, questions))
     assert describer.explain_codes(None, ["what color is a ripe tomato?"])[0][1] is None

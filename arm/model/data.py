@@ -27,6 +27,8 @@ TASKS = ("t2i", "edit", "vqa", "caption", "text")
 # Training tasks made from another task's records: caption reading asks the VQA questions after their
 # image's caption, without the image (arm.model.sequences.reading_sequence).
 RECORDS_OF = {"read": "vqa"}
+# The tasks whose targets are text about an image or a question: what RL's understanding replay mixes.
+UNDERSTANDING_TASKS = ("vqa", "caption", "text", "read")
 DESCRIBE = "describe the image."
 
 

@@ -45,13 +45,13 @@ def reward_summary(history: list[dict]) -> dict[str, float]:
 def understanding_replay(cfg: ArmConfig, info, text_tokenizer):
     """Batches of understanding sequences from the training split (the pretraining mix's vqa, caption,
     text and caption-reading shares), one per RL step, no condition dropout."""
-    from arm.model.data import DESCRIBE, TaskMixBatches, TaskRecords
+    from arm.model.data import DESCRIBE, UNDERSTANDING_TASKS, TaskMixBatches, TaskRecords
 
     if not (cfg.stage_dir("encode") / "summary.json").exists():
         raise ValueError(f"rl.replay_weight > 0 needs the image codes in {cfg.stage_dir('encode')}; run `arm encode` "
                          "or set rl.replay_weight=0")
     records = TaskRecords(cfg.stage_dir("prepare"), cfg.stage_dir("encode"), "train")
-    mix = {t: w for t, w in cfg.pretrain.task_mix.items() if t in ("vqa", "caption", "text", "read") and w > 0}
+    mix = {t: w for t, w in cfg.pretrain.task_mix.items() if t in UNDERSTANDING_TASKS and w > 0}
     describe_ids = text_tokenizer.encode(DESCRIBE, add_special_tokens=False).ids
     return TaskMixBatches(records, info.vocab(), describe_ids, mix, cfg.rl.replay_batch_size, cfg.rl.max_steps,
                           cfg.rl.seed + 1, p_drop=0.0, describe_first=info.describe_first)
