@@ -172,6 +172,7 @@ class PretrainConfig:
     accumulate_grad_batches: int = 1
     max_steps: int = 3000
     lr: float = 1e-3
+    optimizer: str = "adamw"                 # adamw | muon (hidden matrices; AdamW for the rest: arm.optim)
     min_lr_ratio: float = 0.1
     schedule: str = "cosine"                 # cosine | constant (after warmup)
     warmup_steps: int = 200
@@ -194,6 +195,8 @@ class PretrainConfig:
             raise ValueError(f"pretrain.arch must be qwen2 or llama, got {self.arch!r}")
         if self.strategy not in ("auto", "ddp", "fsdp"):
             raise ValueError(f"pretrain.strategy must be auto, ddp or fsdp, got {self.strategy!r}")
+        if self.optimizer not in ("adamw", "muon"):
+            raise ValueError(f"pretrain.optimizer must be adamw or muon, got {self.optimizer!r}")
         if self.image_embedding_init not in ("random", "tokenizer"):
             raise ValueError(f"pretrain.image_embedding_init must be random or tokenizer, got {self.image_embedding_init!r}")
         if self.schedule not in ("cosine", "constant"):

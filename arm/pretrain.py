@@ -169,12 +169,12 @@ def pretrain_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict |
     module = PretrainModule(backbone_kwargs(cfg, vocab, info.grid), lr=p.lr, warmup_steps=p.warmup_steps,
                             max_steps=p.max_steps, min_lr_ratio=p.min_lr_ratio, schedule=p.schedule,
                             weight_decay=p.weight_decay, activation_checkpointing=p.activation_checkpointing,
-                            fsdp_mixed_precision=fsdp_bf16)
+                            fsdp_mixed_precision=fsdp_bf16, optimizer=p.optimizer)
     if p.image_embedding_init == "tokenizer" and not image_rows_pretrained(p.pretrained_path, vocab):
         init_image_embeddings(module.model, vocab, cfg.stage_dir("tokenizer"), p.seed)  # (a resumed checkpoint overrides it)
     # The codes themselves (not just their counts) and the training code decide whether a checkpoint fits.
     stamp = fingerprint(asdict(p), prepare_dir / "summary.json", *sorted(encode_dir.glob("*.npz")),
-                        *source_files("model", "pretrain.py", "checkpoints.py", "schedules.py"))
+                        *source_files("model", "pretrain.py", "checkpoints.py", "schedules.py", "optim.py"))
     resume, start_step = resume_point(ckpt_dir, stamp, "pretrain")
 
     batches = training_batches(p, train, vocab, describe_ids, start_step)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from arm.model.backbone import build_causal_lm
 from arm.model.positions import uses_image_positions
 from arm.model.sequences import IGNORE
+from arm.optim import build_optimizer
 from arm.schedules import warmup_cosine
 
 
@@ -66,7 +67,8 @@ def attention_mask_for(batch: dict) -> torch.Tensor | None:
 class PretrainModule(L.LightningModule):
     def __init__(self, backbone: dict, lr: float, warmup_steps: int, max_steps: int, min_lr_ratio: float = 0.1,
                  schedule: str = "cosine", weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.95),
-                 activation_checkpointing: bool = False, fsdp_mixed_precision: bool = False):
+                 activation_checkpointing: bool = False, fsdp_mixed_precision: bool = False,
+                 optimizer: str = "adamw"):
         super().__init__()
         self.save_hyperparameters()
         self.model = build_causal_lm(**backbone)
@@ -110,11 +112,8 @@ class PretrainModule(L.LightningModule):
         self.log("val/loss", loss, batch_size=len(batch["input_ids"]), sync_dist=True)
 
     def configure_optimizers(self):
-        decay = [p for n, p in self.model.named_parameters() if p.requires_grad and p.ndim >= 2]
-        no_decay = [p for n, p in self.model.named_parameters() if p.requires_grad and p.ndim < 2]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.hparams.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=self.hparams.lr,
-                                betas=tuple(self.hparams.betas))
+        opt = build_optimizer(self.model, self.hparams.optimizer, self.hparams.lr, self.hparams.weight_decay,
+                              tuple(self.hparams.betas))
         schedule = warmup_cosine(self.hparams.warmup_steps, self.hparams.max_steps, self.hparams.min_lr_ratio,
                                  constant=self.hparams.schedule == "constant")
         return {"optimizer": opt,
