@@ -139,6 +139,16 @@ def test_two_processes_train_the_same_model_as_one(encoded, one_process, tmp_pat
         torch.testing.assert_close(got[k], one_process[k], rtol=1e-4, atol=1e-5)
 
 
+def test_fsdp_with_adamw_trains_the_same_model_as_one(encoded, tmp_path):
+    """The parity tests above train with the default's Muon, whose update under FSDP2 is computed on
+    each matrix gathered whole (arm.optim); AdamW, elementwise, steps each shard on its own."""
+    _run_cli(encoded, tmp_path / "one", "pretrain.optimizer=adamw")
+    _run_cli(encoded, tmp_path / "fsdp", "pretrain.optimizer=adamw", "pretrain.strategy=fsdp", "pretrain.devices=2")
+    one, got = _weights(tmp_path / "one"), _weights(tmp_path / "fsdp")
+    for k in one:
+        torch.testing.assert_close(got[k], one[k], rtol=1e-4, atol=1e-5)
+
+
 def test_torchrun_launches_the_same_training(encoded, one_process, tmp_path):
     """How a cluster starts pretrain (docs/lifecycle.md): torchrun starts every process, Lightning joins
     them (torchelastic environment) instead of launching its own."""
