@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+
 import torch
+from torch.optim.adamw import adamw
 
 OPTIMIZERS = ("adamw", "muon")
 # The quintic's coefficients (Jordan's): a steep slope at zero, so that five steps lift most singular
@@ -92,21 +94,16 @@ class MuonAdamW(torch.optim.Optimizer):
         return loss
 
     def _adamw_step(self, group: dict, params: list[torch.Tensor]) -> None:
-        beta1, beta2 = group["betas"]
-        lr, eps = group["lr"], group["eps"]
+        """torch's own AdamW arithmetic (its functional form), on this optimiser's state."""
         for p in params:
-            state = self.state[p]
-            if not state:
-                state["step"] = 0
-                state["exp_avg"] = torch.zeros_like(p)
-                state["exp_avg_sq"] = torch.zeros_like(p)
-            state["step"] += 1
-            t = state["step"]
-            state["exp_avg"].lerp_(p.grad, 1 - beta1)
-            state["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-            p.mul_(1 - lr * group["weight_decay"])
-            denom = (state["exp_avg_sq"] / (1 - beta2 ** t)).sqrt_().add_(eps)
-            p.addcdiv_(state["exp_avg"], denom, value=-lr / (1 - beta1 ** t))
+            if not self.state[p]:
+                self.state[p].update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(p),
+                                     exp_avg_sq=torch.zeros_like(p))
+        states = [self.state[p] for p in params]
+        beta1, beta2 = group["betas"]
+        adamw(params, [p.grad for p in params], [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+              [], [s["step"] for s in states], amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"],
+              weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)
 
     def _muon_step(self, group: dict, params: list[torch.Tensor]) -> None:
         momentum, lr = group["momentum"], group["lr"]
