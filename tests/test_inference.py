@@ -46,13 +46,35 @@ def test_pipeline_runs_all_three_tasks_on_pixels_and_strings(pipe):
     assert len(pipe.understand(None, ["what color is a ripe tomato?"])) == 1
 
 
+def greedy_gaps(pipe, prompt: str, codes) -> np.ndarray:
+    """How far below the best image logit each of `codes` is when `prompt` runs alone and is fed those
+    codes one at a time: all zeros for a greedy decoding of that prompt, up to float ties."""
+    import torch
+
+    engine, vocab = pipe.engine, pipe.engine.vocab
+    lo, hi = vocab.image_offset, vocab.image_offset + vocab.codebook_size
+    logits, state = engine.prefill([pipe.generation_prompt(pipe.text_ids(prompt))])
+    gaps = []
+    for cell, code in enumerate(codes.tolist()):
+        image_logits = logits[0, lo:hi]
+        gaps.append(float(image_logits.max() - image_logits[code]))
+        logits = engine.step(torch.tensor([code + lo]), state, image_cell=cell)
+    return np.array(gaps)
+
+
 def test_pipeline_batches_like_one_call(pipe):
-    """batch_size 3 over 5 prompts: the same images as one prompt at a time with the same seeds."""
+    """batch_size 3 over 5 prompts (batches of 3 and 2): each row is the greedy decoding of its prompt
+    alone. Not exactly the codes of one-prompt calls: a batch of another size can round the logits in
+    their last bits (CPU matmul kernels block by the batch's rows), and this barely trained model has
+    near and exact ties between codes, which then break the other way on some machines. A mistake of
+    the batching (padding, positions, rows mixed up) shows as codes the prompt alone would not choose."""
     prompts = [f"a {c} circle" for c in ("red", "green", "blue", "yellow", "purple")]
     codes = pipe.generate_codes(prompts, Guidance(scale=1.0), Sampling(temperature=0.0))
-    single = np.concatenate([pipe.generate_codes([p], Guidance(scale=1.0), Sampling(temperature=0.0)) for p in prompts])
-    np.testing.assert_array_equal(codes, single)
     assert codes.shape == (5, 64) and codes.max() < pipe.info.codebook_size and codes.min() >= 0
+    for prompt, row in zip(prompts, codes):
+        assert greedy_gaps(pipe, prompt, row).max() <= 1e-5, prompt
+    # The check sees a mix-up: alone, the first prompt would not have decoded some other row's codes.
+    assert max(greedy_gaps(pipe, prompts[0], row).max() for row in codes[1:]) > 1e-3
 
 
 def test_describe_first_answers_after_the_models_own_description(pipe):
