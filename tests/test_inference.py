@@ -48,18 +48,16 @@ def test_pipeline_runs_all_three_tasks_on_pixels_and_strings(pipe):
 
 def greedy_gaps(pipe, prompt: str, codes) -> np.ndarray:
     """How far below the best image logit each of `codes` is when `prompt` runs alone and is fed those
-    codes one at a time: all zeros for a greedy decoding of that prompt, up to float ties."""
+    codes (teacher forcing): all zeros for a greedy decoding of that prompt, up to float ties."""
     import torch
 
-    engine, vocab = pipe.engine, pipe.engine.vocab
-    lo, hi = vocab.image_offset, vocab.image_offset + vocab.codebook_size
-    logits, state = engine.prefill([pipe.generation_prompt(pipe.text_ids(prompt))])
-    gaps = []
-    for cell, code in enumerate(codes.tolist()):
-        image_logits = logits[0, lo:hi]
-        gaps.append(float(image_logits.max() - image_logits[code]))
-        logits = engine.step(torch.tensor([code + lo]), state, image_cell=cell)
-    return np.array(gaps)
+    from arm.rl.train import code_logits
+
+    codes = torch.as_tensor(codes)[None]                                          # (1, T)
+    with torch.no_grad():
+        logits = code_logits(pipe.engine.model, [pipe.generation_prompt(pipe.text_ids(prompt))], codes,
+                             pipe.engine.vocab)                                   # (1, T, K)
+    return (logits.max(-1).values - logits.gather(-1, codes[..., None]).squeeze(-1))[0].numpy()
 
 
 def test_pipeline_batches_like_one_call(pipe):

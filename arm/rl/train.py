@@ -45,11 +45,9 @@ class Rollout:
         return torch.tensor([r["total"] for r in self.rewards], dtype=torch.float32).view(-1, group_size)
 
 
-def code_logprobs(model, prefixes: list[list[int]], codes: torch.Tensor, vocab,
-                  temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """log p(code_t | prefix, codes_<t) and the entropy at each position, over image ids only and at the
-    sampling temperature (the constrained distribution the engine samples from, before guidance).
-    prefixes: N lists; codes (N, T) -> two (N, T)."""
+def code_logits(model, prefixes: list[list[int]], codes: torch.Tensor, vocab) -> torch.Tensor:
+    """The logits over image ids that predict each code after its prefix and the codes before it, in one
+    forward (teacher forcing). prefixes: N lists; codes (N, T) -> (N, T, K) float."""
     device = next(model.parameters()).device
     t = codes.shape[1]
     image_ids = codes + vocab.image_offset
@@ -58,11 +56,19 @@ def code_logprobs(model, prefixes: list[list[int]], codes: torch.Tensor, vocab,
     positions = model_positions(model, ids, mask)  # left padding: positions count real tokens
     # Left padding puts every image span at the end: the last T + 1 positions' logits predict its T codes.
     logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=t + 1).logits
-    logits = logits[:, :-1, vocab.image_offset:vocab.image_offset + vocab.codebook_size].float()  # (N, T, K)
+    return logits[:, :-1, vocab.image_offset:vocab.image_offset + vocab.codebook_size].float()  # (N, T, K)
+
+
+def code_logprobs(model, prefixes: list[list[int]], codes: torch.Tensor, vocab,
+                  temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(code_t | prefix, codes_<t) and the entropy at each position, over image ids only and at the
+    sampling temperature (the constrained distribution the engine samples from, before guidance).
+    prefixes: N lists; codes (N, T) -> two (N, T)."""
+    logits = code_logits(model, prefixes, codes, vocab)
     if temperature > 0:
         logits = logits / temperature
     logp_all = torch.log_softmax(logits, dim=-1)
-    logp = logp_all.gather(-1, codes.to(device)[..., None]).squeeze(-1)
+    logp = logp_all.gather(-1, codes.to(logits.device)[..., None]).squeeze(-1)
     entropy = -(logp_all.exp() * logp_all).sum(-1)
     return logp, entropy
 
