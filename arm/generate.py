@@ -77,6 +77,15 @@ def _row_scales(scale: float | list[float], rows: int) -> torch.Tensor:
     return t
 
 
+def cache_argument(model) -> str:
+    """The keyword a model's forward takes its KV cache by: `cache` from transformers 5.2x on,
+    `past_key_values` before (and, deprecated, until 5.40)."""
+    import inspect
+
+    parameters = inspect.signature(model.base_model.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
 class Engine:
     def __init__(self, model, vocab: Vocab):
         self.model = model.eval()
@@ -84,6 +93,7 @@ class Engine:
         self.device = next(model.parameters()).device
         self.image_positions = uses_image_positions(model)
         self.source_embedding = self.image_positions and bool(model.config.arm_image_positions.get("source_embedding"))
+        self.cache_argument = cache_argument(model)
 
     # --- the two primitives: prefill a batch, then extend it one token at a time -------------------
 
@@ -95,9 +105,10 @@ class Engine:
         ids, mask = left_pad(sequences, self.vocab.pad)
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = model_positions(self.model, ids, mask)
-        cache = DynamicCache()
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
-        state = {"cache": out.cache, "mask": mask, "next_position": positions[:, -1] + 1}
+        cache = DynamicCache()  # filled in place by every forward that is handed it
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                         **{self.cache_argument: cache})
+        state = {"cache": cache, "mask": mask, "next_position": positions[:, -1] + 1}
         if self.source_embedding:  # each row's source by cell, for the target tokens sampled next
             s = self.model.config.arm_image_positions
             state["source_grid"] = source_grid(ids, s["image_offset"], s["codebook_size"], s["soi_id"], s["grid"] ** 2)
@@ -114,8 +125,8 @@ class Engine:
             column = min(image_cell + 1, grid.shape[1] - 1) if image_cell >= 0 else grid.shape[1] - 1
             extra["source_ids"] = grid[:, column:column + 1]
         out = self.model(input_ids=tokens[:, None], attention_mask=state["mask"],
-                         position_ids=state["next_position"][:, None], cache=state["cache"], use_cache=True, **extra)
-        state["cache"] = out.cache
+                         position_ids=state["next_position"][:, None], use_cache=True,
+                         **{self.cache_argument: state["cache"]}, **extra)
         state["next_position"] = state["next_position"] + 1
         return out.logits[:, -1].float()
 

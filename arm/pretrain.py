@@ -114,13 +114,14 @@ def init_image_embeddings(model, vocab: Vocab, tokenizer_dir: Path, seed: int) -
 
 
 def image_rows_pretrained(pretrained_path: str | None, vocab: Vocab) -> bool:
-    """Whether the checkpoint at `pretrained_path` already has image-code rows (a unified model trained
-    further), which initialisation must then leave alone; a text LM's vocabulary ends before them."""
+    """Whether the checkpoint at `pretrained_path` already has trained image-code rows (a unified model
+    trained further), which initialisation must then leave alone. A text LM's trained rows end before
+    them, even when its table is padded past `vocab.image_offset` (`arm.model.backbone.trained_rows`)."""
     if not pretrained_path:
         return False
-    from transformers import AutoConfig
+    from arm.model.backbone import trained_rows
 
-    return AutoConfig.from_pretrained(pretrained_path, local_files_only=True).vocab_size > vocab.image_offset
+    return trained_rows(pretrained_path) > vocab.image_offset
 
 
 def training_batches(p, records: TaskRecords, vocab: Vocab, describe_ids: list[int], start_step: int = 0) -> TaskMixBatches:

@@ -35,8 +35,7 @@ def build_causal_lm(arch: str, vocab_size: int, hidden_size: int, num_layers: in
         config = with_image_positions_setting(AutoConfig.from_pretrained(pretrained_path, local_files_only=True),
                                               image_positions)
         model = causal_lm_class(config).from_pretrained(pretrained_path, config=config, local_files_only=True)
-        if model.get_input_embeddings().weight.shape[0] < vocab_size:
-            model.resize_token_embeddings(vocab_size, mean_resizing=True)
+        extend_vocabulary(model, vocab_size, trained_rows(pretrained_path))
         return model
     common = dict(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
                   num_attention_heads=num_heads, num_key_value_heads=num_kv_heads, intermediate_size=intermediate_size,
@@ -47,10 +46,48 @@ def build_causal_lm(arch: str, vocab_size: int, hidden_size: int, num_layers: in
         raise ValueError(f"pretrain.arch must be qwen2 or llama, got {arch!r}")
     config = with_image_positions_setting(configs[arch](**common), image_positions)
     cls = causal_lm_class(config)
-    if device == "meta":
-        with torch.device("meta"):
+    if device is not None:  # "meta": shapes only, no memory; "cuda": initialised on the GPU, not copied there
+        with torch.device(device):
             return cls(config)
     return cls(config)
+
+
+def trained_rows(pretrained_path: str | Path) -> int:
+    """How many embedding rows of a checkpoint hold trained ids. A unified model's (ours: `vocab.json`
+    beside the weights): all of its text and image rows. A text LM's: as many as its own `tokenizer.json`
+    defines; checkpoints pad their tables past that (Qwen2.5-7B: 152,064 rows for 151,665 tokens) with
+    rows no token ever trained. Without a tokenizer.json, every row counts as trained."""
+    import json
+
+    from transformers import AutoConfig
+
+    folder = Path(pretrained_path)
+    if (folder / "vocab.json").is_file():
+        info = json.loads((folder / "vocab.json").read_text())
+        return int(info["text_size"]) + int(info["codebook_size"])
+    if (folder / "tokenizer.json").is_file():
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_file(str(folder / "tokenizer.json")).get_vocab_size(with_added_tokens=True)
+    return AutoConfig.from_pretrained(folder, local_files_only=True).vocab_size
+
+
+@torch.no_grad()
+def extend_vocabulary(model, vocab_size: int, trained: int) -> None:
+    """Give `model` exactly `vocab_size` input and output rows: its first `trained` rows kept as they are,
+    every other row new, started by the library's mean resizing (drawn around the trained rows' mean
+    with their covariance, so the model's outputs barely move). A checkpoint's padding rows past
+    `trained` are dropped first: our special tokens and image codes must not inherit rows that no token
+    trained and that mean resizing would skip."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    if vocab_size < trained:
+        raise ValueError(f"the unified vocabulary has {vocab_size} ids but the checkpoint trained {trained}: "
+                         "the text side must be the checkpoint's own tokenizer (prepare.tokenizer_json "
+                         "pointing at its tokenizer.json)")
+    if trained < rows:
+        model.resize_token_embeddings(trained)
+    if vocab_size != model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(vocab_size, mean_resizing=True)
 
 
 def with_image_positions_setting(config, image_positions: dict | None):

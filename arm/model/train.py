@@ -41,17 +41,36 @@ def predicts_target(labels: torch.Tensor) -> torch.Tensor:
 
 
 def target_loss(model, input_ids: torch.Tensor, labels: torch.Tensor,
-                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+                attention_mask: torch.Tensor | None = None, divide_by: torch.Tensor | float | None = None) -> torch.Tensor:
     """`next_token_loss` with the output head run only at the positions that predict a target (about
     half of them in the task mix: prompts and padding predict nothing), which our image-positions models
     do through `logits_at`; any other causal LM computes every position's logits and keeps those.
-    The same mean over targets as `next_token_loss`, up to float rounding. input_ids, labels (B, T)."""
+    The same mean over targets as `next_token_loss`, up to float rounding. input_ids, labels (B, T).
+
+    `divide_by`: what the summed cross-entropy is divided by instead of this batch's own target count;
+    data-parallel training passes `data_parallel_share(labels)`."""
     at = predicts_target(labels)
     if uses_image_positions(model):
         logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_at=at)   # (N, V)
     else:
         logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[at]
-    return F.cross_entropy(logits.float(), labels[:, 1:][at[:, :-1]])
+    summed = F.cross_entropy(logits.float(), labels[:, 1:][at[:, :-1]], reduction="sum")
+    return summed / (at.sum() if divide_by is None else divide_by)
+
+
+def data_parallel_share(labels: torch.Tensor) -> torch.Tensor:
+    """The global batch's target count divided by the number of processes (this process's own count
+    outside a process group). DDP and FSDP2 average gradients over processes, so dividing each process's
+    summed loss by this makes the average exactly the one-process mean over every target of the global
+    batch, however the targets fall across processes (VQA answers and captions vary in length; image
+    spans do not). One all-reduce of a scalar per step. labels (B, T), this process's share."""
+    import torch.distributed as dist
+
+    count = predicts_target(labels).sum().to(torch.float32)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(count)
+        count = count / dist.get_world_size()
+    return count
 
 
 def attention_mask_for(batch: dict) -> torch.Tensor | None:
@@ -64,6 +83,29 @@ def attention_mask_for(batch: dict) -> torch.Tensor | None:
     return mask if left_padded else None
 
 
+def enable_activation_checkpointing(model) -> None:
+    """Recompute each decoder block's activations in backward: memory per block, not per layer output.
+    transformers renamed the switch (`gradient_checkpointing_enable` is deprecated from 5.2x on)."""
+    switch = getattr(model, "activation_checkpointing_enable", None)
+    if switch is not None:
+        switch(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def shard_with_fsdp2(model, mesh, bf16: bool) -> None:
+    """FSDP2 over the 1-D data-parallel `mesh`: every decoder block its own `fully_shard` unit (its
+    parameters gathered just before it runs and freed after), then the root (embeddings, final norm,
+    output head). `bf16`: compute in bf16 parameters, reduce gradients in fp32, keep fp32 masters.
+    What `pretrain.strategy=fsdp` runs, and what `benchmarks/gpu.py` times on one device."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+    for block in model.model.layers:
+        fully_shard(block, mesh=mesh, mp_policy=mp)
+    fully_shard(model, mesh=mesh, mp_policy=mp)
+
+
 class PretrainModule(L.LightningModule):
     def __init__(self, backbone: dict, lr: float, warmup_steps: int, max_steps: int, min_lr_ratio: float = 0.1,
                  schedule: str = "cosine", weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.95),
@@ -73,8 +115,7 @@ class PretrainModule(L.LightningModule):
         self.save_hyperparameters()
         self.model = build_causal_lm(**backbone)
         if activation_checkpointing:
-            # Recompute each block's activations in backward: memory per block, not per layer output.
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_activation_checkpointing(self.model)
         self._tick: float | None = None
 
     def configure_model(self) -> None:
@@ -84,21 +125,17 @@ class PretrainModule(L.LightningModule):
         mesh = getattr(self, "_device_mesh", None)
         if mesh is None or getattr(self, "_sharded", False):
             return
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-        mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-              if self.hparams.fsdp_mixed_precision else MixedPrecisionPolicy())
-        dp_mesh = mesh["data_parallel"]
-        for block in self.model.model.layers:
-            fully_shard(block, mesh=dp_mesh, mp_policy=mp)
-        fully_shard(self.model, mesh=dp_mesh, mp_policy=mp)
+        shard_with_fsdp2(self.model, mesh["data_parallel"], bf16=self.hparams.fsdp_mixed_precision)
         self._sharded = True
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = target_loss(self.model, batch["input_ids"], batch["labels"], attention_mask_for(batch))
+        loss = target_loss(self.model, batch["input_ids"], batch["labels"], attention_mask_for(batch),
+                           divide_by=data_parallel_share(batch["labels"]))
         task = batch["task"]
-        self.log("train/loss", loss, prog_bar=True)
-        self.log(f"train/loss_{task}", loss)
+        # Each process's loss is its share of the global mean; their mean over processes is that mean.
+        synced = self.trainer.world_size > 1
+        self.log("train/loss", loss, prog_bar=True, sync_dist=synced)
+        self.log(f"train/loss_{task}", loss, sync_dist=synced)
         now = time.perf_counter()
         if self._tick is not None:
             tokens = batch["attention_mask"].sum() * self.trainer.world_size

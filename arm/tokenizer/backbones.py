@@ -86,13 +86,22 @@ class Siglip2Vision(nn.Module):
     def train(self, mode: bool = True):
         return super().train(False)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def patches(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) in [-1, 1] -> (B, g*g, p*p*3): what `Siglip2ImageProcessor` makes of the same
+        square images (resized to g*p, scaled to [-1, 1], cut into patches row by row, each patch's
+        pixels row-major with channels last), with no max_num_patches padding since every image fills
+        the grid. The processor rounds its resized image to uint8; this does not (up to 1/255 apart)."""
         b, p, g = images.shape[0], self.patch, self.grid
         if images.shape[-1] != self.input_size:
+            # Antialiased when shrinking, as the processor's PIL resize is (plain bilinear would alias).
             images = F.interpolate(images, size=(self.input_size, self.input_size), mode="bilinear",
-                                   align_corners=False)
-        # (B, C, g*p, g*p) -> (B, g*g, p*p*C), patch-major as Siglip2ImageProcessor lays it out.
-        patches = images.reshape(b, 3, g, p, g, p).permute(0, 2, 4, 3, 5, 1).reshape(b, g * g, p * p * 3)
+                                   align_corners=False, antialias=images.shape[-1] > self.input_size)
+        # (B, C, g*p, g*p) -> (B, g, p, g, p, C) -> (B, g*g, p*p*C)
+        return images.reshape(b, 3, g, p, g, p).permute(0, 2, 4, 3, 5, 1).reshape(b, g * g, p * p * 3)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        b, g = images.shape[0], self.grid
+        patches = self.patches(images)
         shapes = torch.tensor([[g, g]] * b, device=images.device)
         mask = torch.ones(b, g * g, dtype=torch.long, device=images.device)
         hidden = self.model(pixel_values=patches, pixel_attention_mask=mask, spatial_shapes=shapes).last_hidden_state
