@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -46,6 +47,20 @@ def load_square(path: Path, size: int) -> np.ndarray:
         return np.asarray(im, dtype=np.uint8)
 
 
+def text_tokenizer_source(cfg: ArmConfig) -> str | None:
+    """The tokenizer.json the text side uses: `prepare.tokenizer_json` when set, else the one beside
+    `pretrain.pretrained_path` (a pretrained LM's ids must keep the meaning they were trained with), else
+    None: a byte-level BPE is trained on the data."""
+    if cfg.prepare.tokenizer_json:
+        return cfg.prepare.tokenizer_json
+    pretrained = cfg.pretrain.pretrained_path
+    if pretrained and (Path(pretrained) / "tokenizer.json").is_file():
+        print(f"prepare: text tokenizer from {Path(pretrained) / 'tokenizer.json'} (pretrain.pretrained_path's "
+              "own; set prepare.tokenizer_json to use another)", file=sys.stderr)
+        return str(Path(pretrained) / "tokenizer.json")
+    return None
+
+
 def prepare(cfg: ArmConfig) -> dict:
     out = cfg.stage_dir("prepare")
     root = Path(cfg.data.root)
@@ -68,9 +83,11 @@ def prepare(cfg: ArmConfig) -> dict:
     (out / "examples").mkdir(parents=True)
     (out / "images").mkdir()
 
-    # Text tokenizer: trained on training texts only, so evaluation text never shapes the vocabulary.
-    if cfg.prepare.tokenizer_json:
-        tokenizer = load_tokenizer(cfg.prepare.tokenizer_json)
+    # Text tokenizer: a pretrained LM's own, or trained on training texts only, so evaluation text never
+    # shapes the vocabulary.
+    source = text_tokenizer_source(cfg)
+    if source:
+        tokenizer = load_tokenizer(source)
     else:
         texts = [r[k] for r in by_split["train"] for k in ("text", "answer") if k in r]
         tokenizer = train_bpe(texts, cfg.prepare.vocab_size, cfg.prepare.min_frequency)

@@ -124,6 +124,23 @@ def image_rows_pretrained(pretrained_path: str | None, vocab: Vocab) -> bool:
     return trained_rows(pretrained_path) > vocab.image_offset
 
 
+def check_text_side(pretrained_path: str, tokenizer) -> None:
+    """Refuse a prepared text tokenizer that gives any token of the checkpoint's own tokenizer.json
+    another id: the pretrained rows would then be read for the wrong tokens, silently."""
+    from tokenizers import Tokenizer
+
+    theirs_path = Path(pretrained_path) / "tokenizer.json"
+    if not theirs_path.is_file():
+        return
+    theirs = Tokenizer.from_file(str(theirs_path)).get_vocab(with_added_tokens=True)
+    ours = tokenizer.get_vocab(with_added_tokens=True)
+    moved = sum(ours.get(token) != i for token, i in theirs.items())
+    if moved:
+        raise ValueError(f"the prepared text tokenizer gives {moved} of the {len(theirs)} tokens of {theirs_path} "
+                         "other ids than the checkpoint was trained with; rerun `arm prepare` with "
+                         f"prepare.tokenizer_json={theirs_path} (or null: prepare then takes pretrain.pretrained_path's)")
+
+
 def training_batches(p, records: TaskRecords, vocab: Vocab, describe_ids: list[int], start_step: int = 0) -> TaskMixBatches:
     """The micro-batches a run of the `pretrain` section `p` trains on from optimiser step `start_step`
     on: a pure function of the settings and the step (what `benchmarks/train_step.py` times, too)."""
@@ -156,6 +173,8 @@ def pretrain_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict |
     L.seed_everything(p.seed, workers=True, verbose=False)
 
     tokenizer = load_tokenizer(prepare_dir / "tokenizer.json")
+    if p.pretrained_path:
+        check_text_side(p.pretrained_path, tokenizer)
     encoded = json.loads((encode_dir / "summary.json").read_text())
     vocab = Vocab.from_tokenizer(tokenizer, encoded["codebook_size"])
     info = UnifiedModelInfo(vocab.text_size, vocab.codebook_size, encoded["grid"], dict(vocab.specials),

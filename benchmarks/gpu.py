@@ -253,9 +253,9 @@ def data_parallel_mesh(device: torch.device):
     if not dist.is_initialized():
         from arm.processes import free_port
 
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(free_port()))
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
+        # Its own port, not MASTER_PORT in the environment, which `arm pretrain` started later would inherit.
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method=f"tcp://127.0.0.1:{free_port()}",
+                                rank=0, world_size=1)
     return init_device_mesh(device.type, (1,), mesh_dim_names=("data_parallel",))
 
 
@@ -393,6 +393,54 @@ def decode(device: torch.device, tiny: bool, bandwidth_gb_per_s: float) -> dict:
 
 # --- the run ------------------------------------------------------------------------------------------------
 
+def stage_inputs(artifacts: Path) -> dict:
+    """What the prepared data holds: image size, text vocabulary, codebook, grid, images per split."""
+    prepared = json.loads((artifacts / "prepare" / "summary.json").read_text())
+    encoded = json.loads((artifacts / "encode" / "summary.json").read_text())
+    return {"image_size": prepared["image_size"], "text_vocab_size": prepared["vocab_size"],
+            "records": prepared["validation"]["kept"], "codebook_size": encoded["codebook_size"],
+            "grid": encoded["grid"], "images": encoded["images"]}
+
+
+def lightning_pretrain(device: torch.device, tiny: bool, artifacts: Path | None) -> dict:
+    """`arm pretrain` itself, in a fresh process as a user starts it: Lightning's Trainer with
+    `pretrain.strategy=fsdp` (ModelParallelStrategy, FSDP2), bf16 and activation checkpointing, on the
+    prepare, tokenizer and encode outputs in `artifacts` (copied; made anywhere: the GPU machine may lack
+    the packaged text encoder the tokenizer stage trains with). The small preset's model on a GPU."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    if artifacts is None or not (artifacts / "encode" / "summary.json").is_file():
+        raise ValueError("the lightning section needs --artifacts: a folder with the prepare, tokenizer and "
+                         "encode stages' outputs (e.g. artifacts/ after `dvc repro encode`)")
+    work = Path(tempfile.mkdtemp(prefix="arm-gpu-pretrain-"))
+    for stage in ("prepare", "tokenizer", "encode"):
+        shutil.copytree(artifacts / stage, work / stage)
+    steps = 8 if tiny else 300
+    overrides = [f"run.artifacts_dir={work}", f"run.log_dir={work / 'logs'}", "pretrain.strategy=fsdp",
+                 "pretrain.devices=1", "pretrain.activation_checkpointing=true", "pretrain.precision=bf16-mixed",
+                 f"pretrain.accelerator={'gpu' if device.type == 'cuda' else 'cpu'}", f"pretrain.max_steps={steps}",
+                 f"pretrain.val_every_steps={steps}", "pretrain.sample_every_steps=0", "pretrain.warmup_steps=2"]
+    if tiny:
+        overrides += [f"pretrain.{k}={v}" for k, v in TINY.items()] + ["pretrain.batch_size=4",
+                                                                        "pretrain.val_records_per_task=8"]
+    command = [sys.executable, "-m", "arm", "pretrain", "--config",
+               "configs/default.yaml" if tiny else "configs/small.yaml", *overrides]
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"arm pretrain exited with {done.returncode}: {done.stderr[-1500:]}")
+    metrics = json.loads((work / "pretrain" / "metrics.json").read_text())
+    result = {"command": " ".join(command[1:]).replace(str(work), "WORK"), "inputs": stage_inputs(work), "steps": steps,
+              "process_seconds": seconds, "train_minutes": metrics["train_minutes"],
+              "steps_per_s": steps / (60 * metrics["train_minutes"]), "parameters": metrics["parameters"],
+              "val_loss": metrics.get("val/loss")}
+    shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
 def decode_profile(device: torch.device, tiny: bool) -> dict:
     """Where a decoding step's time goes at batch 64, guided (not in the default sections): the
     profiler's top operators by self host time over 8 steps, and the sampling call alone."""
@@ -429,7 +477,7 @@ def compiled(device: torch.device, tiny: bool, peak: float) -> dict:
 
 
 SECTIONS = ("ceilings", "small", "decode", "fsdp_1b", "preset_7b", "compiled")
-EXTRA_SECTIONS = ("decode_profile",)
+EXTRA_SECTIONS = ("decode_profile", "lightning")
 
 
 def machine(device: torch.device) -> dict:
@@ -449,6 +497,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes: the code path, not the speed")
     parser.add_argument("--sections", nargs="+", choices=SECTIONS + EXTRA_SECTIONS, default=list(SECTIONS))
+    parser.add_argument("--artifacts", type=Path, default=None,
+                        help="prepare, tokenizer and encode outputs for the lightning section")
     parser.add_argument("--out", default=None, help="default: benchmarks/results/gpu.json (gpu_tiny.json with --tiny)")
     args = parser.parse_args(argv)
     os.chdir(ROOT)                                   # the presets are read by their relative paths
@@ -482,7 +532,8 @@ def main(argv: list[str] | None = None) -> dict:
                          "preset_7b": lambda: preset_7b(device, args.tiny, peak),
                          "decode": lambda: decode(device, args.tiny, bandwidth),
                          "compiled": lambda: compiled(device, args.tiny, peak),
-                         "decode_profile": lambda: decode_profile(device, args.tiny)}[section]()
+                         "decode_profile": lambda: decode_profile(device, args.tiny),
+                         "lightning": lambda: lightning_pretrain(device, args.tiny, args.artifacts)}[section]()
             value["section_seconds"] = round(time.perf_counter() - t0, 1)
             result[section] = value
             if section == "ceilings":

@@ -25,10 +25,12 @@ def gpu(request):
 
 
 @pytest.mark.slow
-def test_gpu_check_runs_every_section_on_cpu_at_tiny_size(tmp_path):
+def test_gpu_check_runs_every_section_on_cpu_at_tiny_size(tmp_path, encoded_stages):
     out = tmp_path / "gpu.json"
+    sections = ["ceilings", "small", "decode", "fsdp_1b", "preset_7b", "compiled", "lightning"]
     run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu.py"), "--device", "cpu", "--tiny",
-                          "--out", str(out)], capture_output=True, text=True, timeout=600)
+                          "--sections", *sections, "--artifacts", str(encoded_stages), "--out", str(out)],
+                         capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["errors"] == {}, result["errors"]
@@ -45,6 +47,9 @@ def test_gpu_check_runs_every_section_on_cpu_at_tiny_size(tmp_path):
     for batch in (1, 4):
         for kind in ("guided", "unguided"):
             assert decode[f"batch{batch}_{kind}_image_tokens_per_s"] > 0
+    lightning = result["lightning"]      # `arm pretrain` itself: FSDP2, bf16, checkpointing, one process
+    assert lightning["steps"] == 8 and math.isfinite(lightning["val_loss"]) and lightning["parameters"] > 0
+    assert lightning["inputs"]["grid"] == 8
     assert "wrote" in run.stdout
 
 
