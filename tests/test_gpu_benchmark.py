@@ -104,3 +104,18 @@ def test_7b_section_reraises_errors_other_than_memory(gpu):
 
     with pytest.raises(ValueError, match="a bug"):
         gpu.preset_7b(torch.device("cpu"), True, 1.0, measure=measure)
+
+
+def test_scaling_memory_terms_agree_with_the_committed_gpu_run(tmp_path):
+    """`benchmarks/scaling.py`'s memory terms, at one process, against the peaks the GPU check measured
+    (benchmarks/results/gpu.json): never under them, and not more than 20% over (an upper estimate)."""
+    out = tmp_path / "scaling.json"
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "scaling.py"), "--out", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    for name, check in result["check_against_one_device"].items():
+        assert 1.0 <= check["ratio"] <= 1.2, (name, check)
+    per_gpu = result["memory_per_gpu_gib"]["checkpointed"]
+    assert result["processes"] == 32 and per_gpu["total"] < 40       # fits an 80 GB GPU with room
+    assert result["model"]["parameters"] == pytest.approx(8.07e9, rel=0.002)
