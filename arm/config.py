@@ -181,6 +181,7 @@ class PretrainConfig:
     strategy: str = "auto"                   # auto | ddp | fsdp (FSDP2 through ModelParallelStrategy)
     precision: str = "32-true"
     activation_checkpointing: bool = False
+    compile: bool = False                    # torch.compile each decoder block (a GPU's fused kernels; docs/scaling.md)
     accelerator: str = "auto"
     devices: int = 1
     num_nodes: int = 1

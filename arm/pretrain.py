@@ -189,7 +189,7 @@ def pretrain_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict |
     module = PretrainModule(backbone_kwargs(cfg, vocab, info.grid), lr=p.lr, warmup_steps=p.warmup_steps,
                             max_steps=p.max_steps, min_lr_ratio=p.min_lr_ratio, schedule=p.schedule,
                             weight_decay=p.weight_decay, activation_checkpointing=p.activation_checkpointing,
-                            fsdp_mixed_precision=fsdp_bf16, optimizer=p.optimizer)
+                            fsdp_mixed_precision=fsdp_bf16, optimizer=p.optimizer, compile=p.compile)
     if p.image_embedding_init == "tokenizer" and not image_rows_pretrained(p.pretrained_path, vocab):
         init_image_embeddings(module.model, vocab, cfg.stage_dir("tokenizer"), p.seed)  # (a resumed checkpoint overrides it)
     # The codes themselves (not just their counts) and the training code decide whether a checkpoint fits.

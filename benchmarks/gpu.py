@@ -53,6 +53,7 @@ from arm.model.backbone import build_causal_lm  # noqa: E402
 from arm.model.sequences import IGNORE, generation_prefix  # noqa: E402
 from arm.model.vocab import EOI, SOI, Vocab  # noqa: E402
 from arm.pretrain import backbone_kwargs  # noqa: E402
+from arm.model.train import compile_blocks  # noqa: E402
 from arm.text_tokenizer import SPECIAL_TOKENS  # noqa: E402
 
 QWEN25_TOKENIZER = 151_665         # tokens Qwen2.5's tokenizer.json defines (the 7B preset's text side)
@@ -215,13 +216,6 @@ def parameter_count(model) -> int:
 
 
 # --- (a) the small preset, plain bf16 autocast --------------------------------------------------------
-
-def compile_blocks(model) -> None:
-    """torch.compile each decoder block on its own (fused norms, activations and residual adds), as
-    torchtitan does before sharding; the rest of the model stays eager."""
-    for block in model.model.layers:
-        block.compile()
-
 
 def small_preset_step(device: torch.device, tiny: bool, peak: float, compiled: bool = False) -> dict:
     from arm.optim import build_optimizer
@@ -433,7 +427,8 @@ def lightning_pretrain(device: torch.device, tiny: bool, artifacts: Path | None)
     if done.returncode != 0:
         raise RuntimeError(f"arm pretrain exited with {done.returncode}: {done.stderr[-1500:]}")
     metrics = json.loads((work / "pretrain" / "metrics.json").read_text())
-    result = {"command": " ".join(command[1:]).replace(str(work), "WORK"), "inputs": stage_inputs(work), "steps": steps,
+    result = {"command": " ".join(command[1:]).replace(str(work), "WORK"), "inputs": stage_inputs(work),
+              "preset_compile": load_config(ROOT / command[command.index("--config") + 1]).pretrain.compile, "steps": steps,
               "process_seconds": seconds, "train_minutes": metrics["train_minutes"],
               "steps_per_s": steps / (60 * metrics["train_minutes"]), "parameters": metrics["parameters"],
               "val_loss": metrics.get("val/loss")}

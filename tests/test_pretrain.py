@@ -161,6 +161,16 @@ def test_torchrun_launches_the_same_training(encoded, one_process, tmp_path):
         torch.testing.assert_close(got[k], one_process[k], rtol=1e-4, atol=1e-5)
 
 
+def test_compiled_blocks_under_fsdp_train_the_same_model_as_one(encoded, one_process, tmp_path):
+    """pretrain.compile=true (the 7B preset's): each decoder block through torch.compile before FSDP2
+    shards it (C++ kernels on this CPU), two processes; the one-process eager weights up to the fused
+    kernels' rounding."""
+    _run_cli(encoded, tmp_path / "compiled", "pretrain.strategy=fsdp", "pretrain.devices=2", "pretrain.compile=true")
+    got = _weights(tmp_path / "compiled")
+    for k in one_process:
+        torch.testing.assert_close(got[k], one_process[k], rtol=1e-4, atol=1e-5)
+
+
 def test_fsdp_resumes_from_its_sharded_checkpoint(encoded, one_process, tmp_path):
     out = tmp_path / "resume"
     _run_cli(encoded, out, "pretrain.strategy=fsdp", "pretrain.devices=2", stop_at=3)

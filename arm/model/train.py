@@ -93,6 +93,14 @@ def enable_activation_checkpointing(model) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
+def compile_blocks(model) -> None:
+    """torch.compile each decoder block on its own (norms, activations, rotary and residual adds fused
+    around the matrix products), as torchtitan does before sharding; the rest stays eager. The module
+    tree and its parameter names do not change, so checkpoints and saved models are the same."""
+    for block in model.model.layers:
+        block.compile()
+
+
 def shard_with_fsdp2(model, mesh, bf16: bool) -> None:
     """FSDP2 over the 1-D data-parallel `mesh`: every decoder block its own `fully_shard` unit (its
     parameters gathered just before it runs and freed after), then the root (embeddings, final norm,
@@ -110,7 +118,7 @@ class PretrainModule(L.LightningModule):
     def __init__(self, backbone: dict, lr: float, warmup_steps: int, max_steps: int, min_lr_ratio: float = 0.1,
                  schedule: str = "cosine", weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.95),
                  activation_checkpointing: bool = False, fsdp_mixed_precision: bool = False,
-                 optimizer: str = "adamw"):
+                 optimizer: str = "adamw", compile: bool = False):
         super().__init__()
         self.save_hyperparameters()
         self.model = build_causal_lm(**backbone)
@@ -119,14 +127,17 @@ class PretrainModule(L.LightningModule):
         self._tick: float | None = None
 
     def configure_model(self) -> None:
-        """FSDP2 (only under ModelParallelStrategy, which provides the device mesh): shard each decoder
-        block, then the root (embeddings, final norm, output head). Idempotent, as Lightning may call it
-        again for validation after fitting."""
-        mesh = getattr(self, "_device_mesh", None)
-        if mesh is None or getattr(self, "_sharded", False):
+        """Compiled blocks when asked, then FSDP2 (only under ModelParallelStrategy, which provides the
+        device mesh): shard each decoder block, then the root (embeddings, final norm, output head).
+        Idempotent, as Lightning may call it again for validation after fitting."""
+        if getattr(self, "_configured", False):
             return
-        shard_with_fsdp2(self.model, mesh["data_parallel"], bf16=self.hparams.fsdp_mixed_precision)
-        self._sharded = True
+        if self.hparams.compile:
+            compile_blocks(self.model)
+        mesh = getattr(self, "_device_mesh", None)
+        if mesh is not None:
+            shard_with_fsdp2(self.model, mesh["data_parallel"], bf16=self.hparams.fsdp_mixed_precision)
+        self._configured = True
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = target_loss(self.model, batch["input_ids"], batch["labels"], attention_mask_for(batch),
