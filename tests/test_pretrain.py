@@ -149,13 +149,14 @@ def test_fsdp_with_adamw_trains_the_same_model_as_one(encoded, tmp_path):
         torch.testing.assert_close(got[k], one[k], rtol=1e-4, atol=1e-5)
 
 
-def test_torchrun_launches_the_same_training(encoded, one_process, tmp_path):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_torchrun_launches_the_same_training(encoded, one_process, tmp_path, strategy):
     """How a cluster starts pretrain (docs/lifecycle.md): torchrun starts every process, Lightning joins
     them (torchelastic environment) instead of launching its own."""
     from arm.processes import executable
 
     torchrun = [executable("torchrun"), "--standalone", "--nproc-per-node", "2"]
-    _run_cli(encoded, tmp_path / "torchrun", "pretrain.strategy=ddp", "pretrain.devices=2", launcher=torchrun)
+    _run_cli(encoded, tmp_path / "torchrun", f"pretrain.strategy={strategy}", "pretrain.devices=2", launcher=torchrun)
     got = _weights(tmp_path / "torchrun")
     for k in one_process:
         torch.testing.assert_close(got[k], one_process[k], rtol=1e-4, atol=1e-5)
