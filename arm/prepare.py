@@ -36,6 +36,51 @@ def assign_split(record_id: str, val_fraction: float, test_fraction: float) -> s
     return "train"
 
 
+def assign_splits(records: list[dict], val_fraction: float, test_fraction: float) -> None:
+    """Give every record without a split one, in place, so that records sharing an image land in one
+    split: an image's caption and its text-to-image record, its questions, an edit's source and target
+    and whatever else shows either of them. Records sharing images form groups (connected through any
+    image field); a group takes the split one of its records carries (the first in manifest order), else
+    the hash of its first image path (`assign_split`), so adding records that touch none of a group's
+    images never moves it. Records without images split by their id."""
+    parent: dict[str, str] = {}
+
+    def find(key: str) -> str:
+        while parent.setdefault(key, key) != key:
+            parent[key] = parent[parent[key]]
+            key = parent[key]
+        return key
+
+    for r in records:
+        images = [r[k] for k in IMAGE_FIELDS if k in r]
+        for other in images[1:]:
+            a, b = find(images[0]), find(other)
+            if a != b:
+                parent[max(a, b)] = min(a, b)     # the smaller path names the group
+    given: dict[str, str] = {}
+    for r in records:
+        images = [r[k] for k in IMAGE_FIELDS if k in r]
+        if images and "split" in r:
+            given.setdefault(find(images[0]), r["split"])
+    for r in records:
+        if "split" in r:
+            continue
+        images = [r[k] for k in IMAGE_FIELDS if k in r]
+        if not images:
+            r["split"] = assign_split(r["id"], val_fraction, test_fraction)
+            continue
+        group = find(images[0])                   # the group's smallest image path
+        r["split"] = given.get(group) or assign_split(group, val_fraction, test_fraction)
+
+
+def images_in_several_splits(by_split: dict[str, list[dict]]) -> int:
+    """How many images the records of more than one split show."""
+    seen: Counter = Counter()
+    for records in by_split.values():
+        seen.update({r[k] for r in records for k in IMAGE_FIELDS if k in r})
+    return sum(1 for n in seen.values() if n > 1)
+
+
 def load_square(path: Path, size: int) -> np.ndarray:
     """(size, size, 3) uint8: centre-cropped to a square and resized (nearest when enlarging, so the
     world's exact palette colours survive; Lanczos when shrinking)."""
@@ -69,8 +114,7 @@ def prepare(cfg: ArmConfig) -> dict:
     if not records:
         reasons = ", ".join(f"{n} {r}" for r, n in report.skipped.most_common()) or "the manifest is empty"
         raise ValueError(f"no usable records in {cfg.manifest_path} ({reasons})")
-    for r in records:
-        r.setdefault("split", assign_split(r["id"], cfg.prepare.val_fraction, cfg.prepare.test_fraction))
+    assign_splits(records, cfg.prepare.val_fraction, cfg.prepare.test_fraction)
     by_split: dict[str, list[dict]] = defaultdict(list)
     for r in records:
         by_split[r["split"]].append(r)
@@ -111,9 +155,15 @@ def prepare(cfg: ArmConfig) -> dict:
         image_counts[split] = len(keys)
         _write_shards(out / "images", split, keys, root, cfg.data.image_size, cfg.prepare.shard_size)
 
+    shared = images_in_several_splits(by_split)
+    if shared:
+        print(f"prepare: warning: {shared} images appear in more than one split, as records that carry their own "
+              "split put them; remove those records' split fields to let prepare keep each image in one split",
+              file=sys.stderr)
     summary = {
         "records": counts,
         "images": image_counts,
+        "images_in_several_splits": shared,
         "vocab_size": tokenizer.get_vocab_size(),
         "image_size": cfg.data.image_size,
         "validation": report.to_dict(),

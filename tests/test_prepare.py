@@ -75,6 +75,43 @@ def test_records_without_split_get_stable_hash_splits(tmp_path):
     assert pixels.shape[1:] == (64, 64, 3)
 
 
+def test_records_sharing_an_image_land_in_one_split(tmp_path):
+    """Captions and questions imported for the same photos, and edits linking two photos: every image in
+    exactly one split (its caption, text-to-image and question records together), and the summary's
+    images per split add up to the images there are. A record that carries its split keeps it."""
+    from arm.data.importers import import_captions, import_edits, import_qa
+
+    src = tmp_path / "photos"
+    src.mkdir()
+    qa, edits = [], []
+    for i in range(120):
+        Image.new("RGB", (48, 40), (2 * i, 255 - 2 * i, 90)).save(src / f"p{i}.png")
+        (src / f"p{i}.txt").write_text(f"photo number {i}")
+        qa.append(json.dumps({"image": f"p{i}.png", "question": "which photo is this?", "answer": str(i)}))
+        if i % 2:
+            edits.append(json.dumps({"source": f"p{i - 1}.png", "instruction": "next one", "target": f"p{i}.png"}))
+    qa.append(json.dumps({"image": "p5.png", "question": "given split", "answer": "test", "split": "test"}))
+    (src / "qa.jsonl").write_text("\n".join(qa) + "\n")
+    (src / "edits.jsonl").write_text("\n".join(edits) + "\n")
+    data = tmp_path / "data"
+    import_captions(src, data)
+    import_qa(src / "qa.jsonl", data, mode="append")
+    import_edits(src / "edits.jsonl", data, mode="append")
+
+    cfg = _cfg(data, tmp_path / "artifacts", "prepare.val_fraction=0.15", "prepare.test_fraction=0.15")
+    summary = prepare(cfg)
+    splits_of: dict[str, set] = {}
+    for split in ("train", "val", "test"):
+        for r in load_examples(tmp_path / "artifacts" / "prepare", split):
+            for k in ("image", "source_image", "target_image"):
+                if k in r:
+                    splits_of.setdefault(r[k], set()).add(split)
+    assert len(splits_of) == 120 and all(len(s) == 1 for s in splits_of.values())
+    assert sum(summary["images"].values()) == 120 and summary["images_in_several_splits"] == 0
+    assert splits_of["images/p5.png"] == {"test"} == splits_of["images/p4.png"]   # carried, and its edit partner
+    assert min(summary["images"]["val"], summary["images"]["test"]) >= 6
+
+
 def test_a_given_tokenizer_json_is_used_with_special_tokens_added(tmp_path, tiny_world):
     from arm.text_tokenizer import train_bpe
 
