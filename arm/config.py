@@ -166,7 +166,7 @@ class PretrainConfig:
         "t2i": 0.35, "edit": 0.25, "vqa": 0.2, "caption": 0.15, "text": 0.05})
     p_drop_condition: float = 0.1            # condition dropout for classifier-free guidance
     questions_per_sequence: int = 1          # VQA: the image's other questions follow as turns (arm.model.data)
-    question_type_weights: Dict[str, float] = field(default_factory=dict)  # VQA draw weight per type ({}: uniform)
+    question_type_weights: Optional[Dict[str, float]] = field(default_factory=dict)  # VQA draw weight per type ({} or null: uniform)
     describe_first: bool = False             # VQA after the image's caption turn; inference describes, then answers
     batch_size: int = 32
     accumulate_grad_batches: int = 1
@@ -217,6 +217,8 @@ class PretrainConfig:
         if self.image_span_stride < 0:
             raise ValueError(f"pretrain.image_span_stride must be 0 (off) or the positions from one image span's "
                              f"start to the next's, e.g. grid^2 + 2 + 32; got {self.image_span_stride}")
+        if self.question_type_weights is None:
+            self.question_type_weights = {}
         if any(w < 0 for w in self.question_type_weights.values()):
             raise ValueError(f"pretrain.question_type_weights must be >= 0, got {dict(self.question_type_weights)}")
         if self.questions_per_sequence < 1:

@@ -23,7 +23,7 @@ import torch
 from arm.checkpoints import fingerprint, resume_point, source_files, stop_at
 from arm.config import ArmConfig
 from arm.memory import keep_freed_memory
-from arm.model.data import DESCRIBE, EvalBatches, TaskMixBatches, TaskRecords
+from arm.model.data import DESCRIBE, EvalBatches, TaskMixBatches, TaskRecords, fit_to_data
 from arm.model.vocab import Vocab
 from arm.precision import warn_if_bf16_is_emulated
 from arm.progress import quiet_lightning, training_progress
@@ -177,12 +177,13 @@ def pretrain_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict |
         check_text_side(p.pretrained_path, tokenizer)
     encoded = json.loads((encode_dir / "summary.json").read_text())
     vocab = Vocab.from_tokenizer(tokenizer, encoded["codebook_size"])
-    info = UnifiedModelInfo(vocab.text_size, vocab.codebook_size, encoded["grid"], dict(vocab.specials),
-                            describe_first=p.describe_first)
     describe_ids = tokenizer.encode(DESCRIBE, add_special_tokens=False).ids
     train, val = TaskRecords(prepare_dir, encode_dir, "train"), TaskRecords(prepare_dir, encode_dir, "val")
     print(f"pretrain: vocabulary {vocab.size} ({vocab.text_size} text + {vocab.codebook_size} image codes); "
           f"training records {train.counts()}", file=sys.stderr)
+    p = fit_to_data(p, train, say=lambda line: print(line, file=sys.stderr))   # tasks, describe-first: as the data allows
+    info = UnifiedModelInfo(vocab.text_size, vocab.codebook_size, encoded["grid"], dict(vocab.specials),
+                            describe_first=p.describe_first)
 
     warn_if_bf16_is_emulated(p.precision, p.accelerator, "pretrain.precision")
     fsdp_bf16 = p.strategy == "fsdp" and p.precision.startswith("bf16")

@@ -188,3 +188,33 @@ def test_caption_reading_batches_draw_vqa_records_and_need_their_captions(vocab)
     records.captions_by_image = {}
     with pytest.raises(ValueError, match=r"no caption.*task_mix.read=0"):
         TaskMixBatches(records, vocab, [5], {"read": 1.0}, 4, 1, 0, 0.0)
+
+
+def test_training_settings_fit_what_the_data_holds():
+    """A user's data without the world's tasks or question types: absent tasks get weight 0, describe-first
+    and caption reading turn off when question images lack captions, per-type weights are dropped when no
+    question has a type; each change is said in one line. The world's data changes nothing."""
+    from arm.config import load_config
+    from arm.model.data import fit_to_data
+
+    p = load_config("configs/default.yaml").pretrain
+    p = type(p)(**{**vars(p), "task_mix": {**p.task_mix, "read": 0.1}})
+    lines: list[str] = []
+    questions = [{"image": "a", "meta": {}}, {"image": "b", "meta": {}}]
+    users = SimpleNamespace(by_task={"vqa": questions, "caption": [{"image": "a"}], "t2i": [{"image": "a"}]})
+    fitted = fit_to_data(p, users, say=lines.append)
+    assert fitted.task_mix == {**p.task_mix, "edit": 0.0, "text": 0.0, "read": 0.0}
+    assert fitted.describe_first is False and fitted.question_type_weights == {}
+    assert len(lines) == 4 and any("1 of 2 images with questions have no caption" in line for line in lines)
+    assert any("no edit records" in line for line in lines) and any("question_type_weights ignored" in line for line in lines)
+
+    world = SimpleNamespace(by_task={t: [{"image": "a", "meta": {"question_type": "exists"}}]
+                                     for t in ("t2i", "edit", "vqa", "caption", "text")})
+    lines.clear()
+    assert fit_to_data(p, world, say=lines.append) == p and lines == []
+
+
+def test_question_type_weights_can_be_emptied_from_the_command_line():
+    from arm.config import load_config
+
+    assert load_config("configs/default.yaml", ["pretrain.question_type_weights=null"]).pretrain.question_type_weights == {}

@@ -126,6 +126,51 @@ def question_cum_weights(questions: list[dict], weights: dict[str, float]) -> li
     return cum
 
 
+def fit_to_data(p, records: TaskRecords, say=print):
+    """The `pretrain` section `p` as the training records can carry it, each change said in one line
+    (`say`): a task with no records gets weight 0 (the others share the mix); describe-first and caption
+    reading turn off when a question's image has no caption to describe it with; per-type question
+    weights are dropped when no question carries a type (data other than the world's). A type named
+    while others are present still fails in `question_cum_weights`: that is a misspelling.
+
+    >>> from types import SimpleNamespace
+    >>> records = SimpleNamespace(by_task={"caption": [{"image": "a"}], "t2i": [{"image": "a"}]})
+    >>> p = SimpleNamespace(task_mix={"t2i": 0.5, "vqa": 0.5}, describe_first=True, question_type_weights={})
+    >>> fit_to_data(p, records, say=lambda line: None).task_mix
+    {'t2i': 0.5, 'vqa': 0.0}
+    """
+    import dataclasses
+    from types import SimpleNamespace
+
+    mix = dict(p.task_mix)
+    for task, weight in p.task_mix.items():
+        if weight > 0 and not records.by_task.get(RECORDS_OF.get(task, task)):
+            mix[task] = 0.0
+            say(f"pretrain: the data has no {RECORDS_OF.get(task, task)} records: task_mix.{task} {weight:g} -> 0")
+    describe_first = p.describe_first
+    questions = records.by_task.get("vqa", [])
+    captioned = {r["image"] for r in records.by_task.get("caption", [])}
+    uncaptioned = sorted({r["image"] for r in questions} - captioned)
+    if (describe_first or mix.get("read", 0) > 0) and uncaptioned:
+        say(f"pretrain: describe-first and caption reading off: {len(uncaptioned)} of "
+            f"{len({r['image'] for r in questions})} images with questions have no caption record to describe "
+            f"them with (first: {uncaptioned[0]!r}); add captions for them to train describe-first")
+        describe_first = False
+        if "read" in mix:
+            mix["read"] = 0.0
+    elif describe_first and not questions:
+        describe_first = False                  # nothing to answer after a description
+    weights = dict(p.question_type_weights or {})
+    if weights and not any((q.get("meta") or {}).get("question_type") for q in questions):
+        say("pretrain: no training question carries a meta.question_type: question_type_weights ignored "
+            "(questions drawn uniformly)")
+        weights = {}
+    changes = dict(task_mix=mix, describe_first=describe_first, question_type_weights=weights)
+    if dataclasses.is_dataclass(p):
+        return dataclasses.replace(p, **changes)
+    return SimpleNamespace(**{**vars(p), **changes})
+
+
 class TaskMixBatches(torch.utils.data.Dataset):
     """Item k = training batch `start_step + k`: a task drawn by `mix`, then `batch_size` of its records
     (VQA records drawn by `question_weights` per question type, if given; caption reading, `read`,
