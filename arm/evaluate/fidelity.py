@@ -75,6 +75,6 @@ def tokenizer_fidelity(visual, pixels: np.ndarray, scenes: list[dict | None], wi
     exact = exact_recovery(recon_t, scenes, visual.cfg.image_size)
     if exact is not None:
         out["tok/exact_recovery"] = exact
-    if with_rfid:
+    if with_rfid and len(pixels) >= 2:  # FID needs two images a side
         out["tok/rfid"] = rfid(pixels, to_uint8(recon_t))
     return out

@@ -56,19 +56,34 @@ def metrics_table(estimates: dict[str, Estimate], keys: list[str] | None = None)
             if rows else "")
 
 
+def verdict(sample: dict) -> str:
+    """The word under a generated image: the verifier's PASS/FAIL, an agreement judge's, or none."""
+    if sample["passed"] is None:
+        return ""
+    if sample.get("verdict"):
+        return sample["verdict"]
+    return "PASS" if sample["passed"] else "FAIL"
+
+
+def edit_scores(sample: dict) -> str:
+    return sample.get("scores") or f"G_SC {sample['g_sc']:.1f} · G_PQ {sample['g_pq']:.1f}"
+
+
 def generation_grid(samples: list[dict], limit: int = 24) -> str:
     cards = []
     for s in samples[:limit]:
-        mark = "<span class='pass'>PASS</span>" if s["passed"] else "<span class='fail'>FAIL</span>"
-        cards.append(f"<div class='card'>{_img(s['image'], s['prompt'])}<br>{mark} {html.escape(s['prompt'])}</div>")
+        word = verdict(s)
+        mark = f"<span class='{'pass' if s['passed'] else 'fail'}'>{html.escape(word)}</span> " if word else ""
+        cards.append(f"<div class='card'>{_img(s['image'], s['prompt'])}<br>{mark}{html.escape(s['prompt'])}</div>")
     return "<div class='grid'>" + "".join(cards) + "</div>"
 
 
 def editing_grid(samples: list[dict], limit: int = 16) -> str:
     cards = []
     for s in samples[:limit]:
-        cards.append(f"<div class='card wide'>{_img(s['source'], 'source')} {_img(s['image'], 'edited')}<br>"
-                     f"{html.escape(s['instruction'])}<br>G_SC {s['g_sc']:.1f} · G_PQ {s['g_pq']:.1f}</div>")
+        target = f" {_img(s['target'], 'target')}" if s.get("target") is not None else ""
+        cards.append(f"<div class='card wide'>{_img(s['source'], 'source')} {_img(s['image'], 'edited')}{target}<br>"
+                     f"{html.escape(s['instruction'])}<br>{html.escape(edit_scores(s))}</div>")
     return "<div class='grid'>" + "".join(cards) + "</div>"
 
 
@@ -85,7 +100,10 @@ def understanding_grid(samples: list[dict], limit: int = 24) -> str:
 
 
 HEADLINE = ["gen/acc", "gen/knowledge_seen", "gen/knowledge_heldout", "edit/g_sc", "edit/g_pq", "edit/g_o",
-            "und/acc", "und/text_knowledge_seen", "und/text_knowledge_heldout"]
+            "und/acc", "und/text_knowledge_seen", "und/text_knowledge_heldout",
+            # a user's data, against its own references
+            "gen/agreement", "gen/agreement_real", "gen/kid", "edit/target_psnr", "edit/kept_psnr",
+            "und/exact_match", "und/token_f1"]
 
 
 def render_report(splits: dict, title: str = "arm evaluation", meta: dict | None = None) -> str:
@@ -104,9 +122,10 @@ def render_report(splits: dict, title: str = "arm evaluation", meta: dict | None
             if keys:
                 parts.append(f"<h3>{name}</h3>" + metrics_table(estimates, keys))
         if samples.generation:
-            parts.append("<h3>Generated images (prompt, verifier's verdict)</h3>" + generation_grid(samples.generation))
+            parts.append("<h3>Generated images (prompt, verdict)</h3>" + generation_grid(samples.generation))
         if samples.editing:
-            parts.append("<h3>Edits (source, edited, instruction, scores)</h3>" + editing_grid(samples.editing))
+            parts.append("<h3>Edits (source, edited, target where the data has one; instruction, scores)</h3>"
+                         + editing_grid(samples.editing))
         if samples.understanding:
             parts.append("<h3>Understanding (image, question, answer)</h3>" + understanding_grid(samples.understanding))
     parts.append("</body></html>")
@@ -156,14 +175,14 @@ def write_tensorboard(writer, samples, step: int, prefix: str = "samples", colum
         grid = make_grid([s["image"] for s in samples.generation[:4 * columns]], columns=columns, scale=2)
         writer.add_image(f"{prefix}/generation", grid_to_tensorboard(grid), step)
         writer.add_text(f"{prefix}/generation_prompts", "\n\n".join(
-            f"{i}. {'PASS' if s['passed'] else 'fail'}: {s['prompt']}"
+            f"{i}. {verdict(s) or '-'}: {s['prompt']}"
             for i, s in enumerate(samples.generation[:4 * columns])), step)
     if samples.editing:
         edits = samples.editing[:columns]
         grid = make_grid([s["source"] for s in edits] + [s["image"] for s in edits], columns=len(edits), scale=2)
         writer.add_image(f"{prefix}/editing (sources above edits)", grid_to_tensorboard(grid), step)
         writer.add_text(f"{prefix}/edit_instructions", "\n\n".join(
-            f"{i}. {s['instruction']} (G_SC {s['g_sc']:.1f}, G_PQ {s['g_pq']:.1f})" for i, s in enumerate(edits)), step)
+            f"{i}. {s['instruction']} ({edit_scores(s)})" for i, s in enumerate(edits)), step)
     if samples.understanding:
         rows = ["| question | answer | model | model's description |", "| --- | --- | --- | --- |"] + [
             f"| {s['question']} | {s['answer']} | {s['prediction']} | {s.get('description') or ''} |"

@@ -1,4 +1,7 @@
-"""Stage `evaluate`: the world benchmarks on the trained unified model, for every configured split.
+"""Stage `evaluate`: the trained unified model on every configured split. Records of the world are
+scored by its verifier (`arm.evaluate.world`); every other record (a user's data) against its own
+references (`arm.evaluate.references`), its prompts by an agreement judge trained here on the training
+split and by FID and KID (`arm.evaluate.agreement`): the metrics follow what the data carries.
 
     arm evaluate --config configs/default.yaml
     arm evaluate --config configs/default.yaml evaluate.model=rl evaluate.limit=100
@@ -6,7 +9,9 @@
 Writes `artifacts/evaluate/`:
 - `metrics.json` (DVC metrics): the tokenizer's fidelity on test images (`tok/psnr`, `tok/ssim`,
   `tok/exact_recovery`, `tok/code_usage`, `tok/rfid`); the unified model's flat keys, the test split unprefixed (`gen/acc`, `edit/g_o`, `und/acc`,
-  per group `gen/two`, `edit/move/g_o`, `und/color`), other splits prefixed (`holdout/gen/acc`);
+  per group `gen/two`, `edit/move/g_o`, `und/color`), other splits prefixed (`holdout/gen/acc`); on a
+  user's data `gen/agreement`, `gen/agreement_real`, `gen/fid`, `gen/kid`, `edit/target_psnr`,
+  `edit/kept_psnr`, `und/exact_match`, `und/token_f1`;
 - `scores.json`: every metric with its 95% bootstrap interval and sample count;
 - `plots/<split>_<task>.csv` (DVC plots): one row per category, edit type or question type;
 - `per_sample.jsonl`: every sample's score, from which `arm evaluate --compare` bootstraps differences;
@@ -48,11 +53,64 @@ def write_plots(folder: Path, split: str, estimates: dict) -> None:
                 writer.writerow({"group": group, **{k: round(v, 6) for k, v in row.items()}})
 
 
+def agreement_judge(cfg: ArmConfig, splits: dict):
+    """The judge of whether a generated image shows its prompt (`arm.evaluate.agreement`), trained on the
+    training split's text-to-image pairs that the world's verifier does not score; None when no
+    evaluated split has such prompts (the world alone) or `evaluate.agreement_train_images` is 0."""
+    from arm.evaluate.agreement import fit_judge
+    from arm.evaluate.world import SplitData
+
+    limit = cfg.evaluate.agreement_train_images
+    prompts = [r["text"] for data in splits.values() for r in data.reference_task("t2i", cfg.evaluate.limit)]
+    if not prompts or limit <= 0:
+        return None
+    train = SplitData(cfg.stage_dir("prepare"), "train")
+    pairs = train.reference_task("t2i", limit)
+    if len(pairs) < 2:
+        print("evaluate: no prompt agreement: the training split has fewer than 2 text-to-image pairs to train "
+              "its judge on", file=sys.stderr)
+        return None
+    started = time.monotonic()
+    judge = fit_judge(train.images([r["image"] for r in pairs]), [r["text"] for r in pairs], prompts, cfg.evaluate.seed)
+    judge.trained_on = len(pairs)
+    print(f"evaluate: prompt agreement by a {judge.kind} judge trained on {len(pairs)} training pairs in "
+          f"{time.monotonic() - started:.0f}s", file=sys.stderr)
+    return judge
+
+
+def generated_image_scores(data, samples, judge, seed: int, limit: int | None) -> dict:
+    """For a split's prompts outside the world: FID and KID of the generated images against the split's
+    images of those prompts (`gen/fid`, `gen/kid` with `kid_low`, `kid_high`), and the judge's agreement
+    on those real images (`gen/agreement_real`: the ceiling a generator can reach under the judge), also
+    added to `samples` per record for its interval."""
+    import numpy as np
+
+    from arm.evaluate.agreement import fid_and_kid
+
+    records = data.reference_task("t2i", limit)
+    generated = [s["image"] for s in samples.generation if s.get("reference")]
+    if not records or not generated:
+        return {}
+    real = data.images([r["image"] for r in records])
+    out = {}
+    if judge is not None:
+        agreed = judge.agrees(real, [r["text"] for r in records])
+        for r, ok in zip(records, agreed):
+            samples.add("gen/agreement_real", None, ok, r["id"])
+        out["gen/agreement_real"] = float(np.mean(agreed))
+    fidelity = fid_and_kid(real, np.stack(generated), seed)
+    if fidelity:
+        out.update({"gen/fid": fidelity["fid"], "gen/kid": fidelity["kid"], "kid_low": fidelity["kid_low"],
+                    "kid_high": fidelity["kid_high"], "n_generated": fidelity["n_generated"]})
+    return out
+
+
 def evaluate_stage(cfg: ArmConfig) -> dict:
     from torch.utils.tensorboard import SummaryWriter
 
     from arm.evaluate.report import render_report, write_tensorboard
-    from arm.evaluate.world import EvalSettings, evaluate_split, summarise
+    from arm.evaluate.stats import Estimate
+    from arm.evaluate.world import EvalSettings, Samples, SplitData, evaluate_all, summarise
     from arm.pipeline import Guidance, Pipeline
 
     e = cfg.evaluate
@@ -67,12 +125,20 @@ def evaluate_stage(cfg: ArmConfig) -> dict:
     report_parts = {}
     per_sample = []
     writer = SummaryWriter(str(Path(cfg.run.log_dir) / "evaluate"))
-    for split in e.splits:
+    splits = {split: SplitData(cfg.stage_dir("prepare"), split) for split in e.splits}
+    judge = agreement_judge(cfg, splits)
+    for split, data in splits.items():
         split_started = time.monotonic()
-        scores, samples = evaluate_split(pipe, cfg.stage_dir("prepare"), split, settings)
+        samples = Samples()
+        scores = evaluate_all(pipe, data, settings, samples, judge)
+        fidelity = generated_image_scores(data, samples, judge, e.seed, e.limit)
+        scores.update({k: fidelity[k] for k in ("gen/fid", "gen/kid", "gen/agreement_real") if k in fidelity})
         prefix = "" if split == "test" else f"{split}/"
         metrics.update({f"{prefix}{k}": v for k, v in scores.items()})
         estimates = summarise(samples, e.seed)
+        if "gen/kid" in fidelity:  # a set-level score: its interval comes from its subsets, not from samples
+            estimates["gen/kid"] = Estimate(fidelity["gen/kid"], fidelity["kid_low"], fidelity["kid_high"],
+                                            fidelity["n_generated"])
         intervals.update({f"{prefix}{k}": est.to_dict() for k, est in estimates.items()})
         write_plots(out / "plots", split, estimates)
         report_parts[split] = (estimates, samples)
@@ -80,12 +146,12 @@ def evaluate_stage(cfg: ArmConfig) -> dict:
         write_tensorboard(writer, samples, 0, prefix=f"evaluate/{split}")
         print(f"evaluate: {split} in {time.monotonic() - split_started:.0f}s: " + ", ".join(
             f"{k} {est.value:.3f} [{est.low:.3f}, {est.high:.3f}]" for k, est in estimates.items()
-            if k in ("gen/acc", "edit/g_o", "und/acc")), file=sys.stderr)
+            if k in ("gen/acc", "edit/g_o", "und/acc", "gen/agreement", "gen/kid", "edit/target_psnr", "und/exact_match")),
+            file=sys.stderr)
     if e.tokenizer_images > 0:
         from arm.evaluate.fidelity import tokenizer_fidelity
-        from arm.evaluate.world import SplitData
 
-        data = SplitData(cfg.stage_dir("prepare"), "test")
+        data = splits.get("test") or SplitData(cfg.stage_dir("prepare"), "test")
         scenes = data.scenes_by_image()
         keys = data.keys[:e.tokenizer_images]
         fidelity = tokenizer_fidelity(pipe.visual, data.images(keys), [scenes.get(k) for k in keys], with_rfid=e.rfid)
@@ -102,8 +168,10 @@ def evaluate_stage(cfg: ArmConfig) -> dict:
                         f"image {e.image_guidance_scale}",
             "sampling": f"temperature {e.temperature}, top-k {e.top_k or 'off'}, seed {e.seed}",
             "samples per prompt": e.samples_per_prompt, "intervals": "95% bootstrap, 1,000 resamples"}
-    (out / "report.html").write_text(render_report(report_parts, "arm evaluation: world benchmarks", meta),
-                                     encoding="utf-8")
+    if judge is not None:
+        meta["prompt agreement"] = f"{judge.kind} judge trained on {judge.trained_on} training pairs (docs/evaluation.md)"
+    title = "arm evaluation" + (": world benchmarks" if not any(d.reference_records for d in splits.values()) else "")
+    (out / "report.html").write_text(render_report(report_parts, title, meta), encoding="utf-8")
     writer.close()
     print(f"evaluate: wrote {out / 'metrics.json'} and {out / 'report.html'}", file=sys.stderr)
     return metrics

@@ -90,11 +90,23 @@ def summarise(samples: Samples, seed: int = 0) -> dict[str, Estimate]:
     return out
 
 
+# What a record's meta carries when the world's verifier can score it (a user's records carry none of it).
+WORLD_META = {"caption": "scene", "vqa": "scene", "t2i": "spec", "edit": "edit", "text": "held_out_thing"}
+
+
+def scored_by_world(record: dict) -> bool:
+    return WORLD_META.get(record["task"], "") in (record.get("meta") or {})
+
+
 class SplitData:
-    """A prepared split's world records by task, with their images by key."""
+    """A prepared split's records by task, with their images by key: `records`, those the world's verifier
+    scores; `reference_records`, every other (a user's data), scored against their own references
+    (`arm.evaluate.references`)."""
 
     def __init__(self, prepare_dir: str | Path, split: str):
-        self.records = [r for r in load_examples(prepare_dir, split) if "meta" in r]
+        examples = load_examples(prepare_dir, split)
+        self.records = [r for r in examples if scored_by_world(r)]
+        self.reference_records = [r for r in examples if not scored_by_world(r)]
         keys, pixels = load_images(prepare_dir, split)
         self.keys = keys
         self.index = {k: i for i, k in enumerate(keys)}
@@ -102,6 +114,10 @@ class SplitData:
 
     def task(self, name: str, limit: int | None) -> list[dict]:
         chosen = [r for r in self.records if r["task"] == name]
+        return chosen[:limit] if limit is not None else chosen
+
+    def reference_task(self, name: str, limit: int | None) -> list[dict]:
+        chosen = [r for r in self.reference_records if r["task"] == name]
         return chosen[:limit] if limit is not None else chosen
 
     def scenes_by_image(self) -> dict[str, dict]:
@@ -194,12 +210,22 @@ def evaluate_editing(pipe: Pipeline, data: SplitData, settings: EvalSettings, sa
     return out
 
 
+def evaluate_all(pipe: Pipeline, data: SplitData, settings: EvalSettings, samples: Samples, judge=None) -> dict:
+    """Every task of a split: the world's records by the verifier, every other record against its own
+    references (`arm.evaluate.references`; generation's agreement needs `judge`)."""
+    from arm.evaluate import references
+
+    metrics: dict[str, float] = {}
+    for run in (evaluate_understanding, evaluate_generation, evaluate_editing,
+                references.evaluate_understanding, references.evaluate_editing):
+        metrics.update(run(pipe, data, settings, samples))
+    metrics.update(references.evaluate_generation(pipe, data, settings, samples, judge))
+    return metrics
+
+
 def evaluate_split(pipe: Pipeline, prepare_dir: str | Path, split: str,
-                   settings: EvalSettings | None = None) -> tuple[dict, Samples]:
+                   settings: EvalSettings | None = None, judge=None) -> tuple[dict, Samples]:
     """All three tasks on one prepared split -> (flat metrics, samples with per-sample scores)."""
     settings = settings or EvalSettings()
     data, samples = SplitData(prepare_dir, split), Samples()
-    metrics: dict[str, float] = {}
-    for run in (evaluate_understanding, evaluate_generation, evaluate_editing):
-        metrics.update(run(pipe, data, settings, samples))
-    return metrics, samples
+    return evaluate_all(pipe, data, settings, samples, judge), samples

@@ -42,21 +42,19 @@ class WorldSamples(L.Callback):
         self.log_samples(trainer, module, step)
 
     def log_samples(self, trainer, module, step: int) -> dict:
-        from arm.evaluate.world import EvalSettings, Samples, evaluate_editing, evaluate_generation, \
-            evaluate_understanding
+        from arm.evaluate.world import EvalSettings, Samples, evaluate_all
 
         was_training = module.training
         pipe = self._pipeline(module)
         settings, samples = EvalSettings(limit=self.limit, temperature=1.0, top_k=0, seed=0), Samples()
-        metrics = {}
-        for run in (evaluate_generation, evaluate_editing, evaluate_understanding):
-            metrics.update(run(pipe, self._data, settings, samples))
+        metrics = evaluate_all(pipe, self._data, settings, samples)     # a user's data: grids, answers' scores
         module.train(was_training)
         writer = getattr(trainer.logger, "experiment", None)
         if writer is None or not hasattr(writer, "add_image"):
             return metrics
-        for key, name in (("gen/acc", "gen_acc"), ("edit/g_o", "edit_g_o"), ("und/acc", "und_acc")):
+        for key, name in (("gen/acc", "world/gen_acc"), ("edit/g_o", "world/edit_g_o"), ("und/acc", "world/und_acc"),
+                          ("und/exact_match", "samples/und_exact_match"), ("edit/target_psnr", "samples/edit_target_psnr")):
             if key in metrics:
-                writer.add_scalar(f"world/{name}", metrics[key], step)
+                writer.add_scalar(name, metrics[key], step)
         write_tensorboard(writer, samples, step)
         return metrics

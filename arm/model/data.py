@@ -160,8 +160,8 @@ def fit_to_data(p, records: TaskRecords, say=print):
             mix["read"] = 0.0
     elif describe_first and not questions:
         describe_first = False                  # nothing to answer after a description
-    weights = dict(p.question_type_weights or {})
-    if weights and not any((q.get("meta") or {}).get("question_type") for q in questions):
+    weights = dict(p.question_type_weights or {}) if questions else {}
+    if weights and questions and not any((q.get("meta") or {}).get("question_type") for q in questions):
         say("pretrain: no training question carries a meta.question_type: question_type_weights ignored "
             "(questions drawn uniformly)")
         weights = {}

@@ -32,14 +32,30 @@ class Prompt:
     source: np.ndarray | None = None   # editing: (S, S, 3) uint8 source image
     scene: Scene | None = None         # editing: the source's scene graph
     edit: Edit | None = None
+    target: np.ndarray | None = None   # editing, on a user's data: the record's target image
 
 
-def load_prompts(prepare_dir: str | Path, split: str, tasks: tuple[str, ...]) -> dict[str, list[Prompt]]:
-    """The split's world records of the given tasks as Prompts (records without world metadata, e.g. a
-    user's own data, cannot be scored by the built-in rewards and are left out)."""
+def load_prompts(prepare_dir: str | Path, split: str, tasks: tuple[str, ...], world: bool = True) -> dict[str, list[Prompt]]:
+    """The split's records of the given tasks as Prompts: with `world`, the world's records with what the
+    built-in rewards need (the spec, the source scene and the edit); else every other record (a user's
+    data, for rewards of the user's own), with an edit's source and target images."""
     from arm.evaluate.world import SplitData
 
     data = SplitData(prepare_dir, split)
+    if not world:
+        out = {}
+        if "t2i" in tasks:
+            out["t2i"] = [Prompt("t2i", r["text"]) for r in data.reference_task("t2i", None)]
+        if "edit" in tasks:
+            records = data.reference_task("edit", None)
+            sources = data.images([r["source_image"] for r in records])
+            targets = data.images([r["target_image"] for r in records])
+            out["edit"] = [Prompt("edit", r["text"], source=s, target=t) for r, s, t in zip(records, sources, targets)]
+        for task, prompts in out.items():
+            if not prompts:
+                raise ValueError(f"the {split} split of {prepare_dir} has no {task} records to run RL on; "
+                                 "choose an rl.mode whose tasks the data has (gen: t2i, edit: edit)")
+        return out
     out: dict[str, list[Prompt]] = {}
     if "t2i" in tasks:
         out["t2i"] = [Prompt("t2i", r["text"], spec=GenSpec.from_dict(r["meta"]["spec"]))
@@ -62,9 +78,9 @@ class RLPrompts(torch.utils.data.Dataset):
     second half editing."""
 
     def __init__(self, prepare_dir: str | Path, mode: str, prompts_per_step: int, steps: int, seed: int = 0,
-                 start_step: int = 0, split: str = "train"):
+                 start_step: int = 0, split: str = "train", world: bool = True):
         self.tasks = TASKS_OF_MODE[mode]
-        self.prompts = load_prompts(prepare_dir, split, self.tasks)
+        self.prompts = load_prompts(prepare_dir, split, self.tasks, world)
         self.per_step, self.steps, self.seed, self.start = prompts_per_step, steps, seed, start_step
         self.rank = process_rank()[0]
 

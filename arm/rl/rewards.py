@@ -10,7 +10,10 @@ Built in:
 - `quality`: 0.5 realism + 0.5 cleanliness (WORLD.md), the same for both tasks;
 - `exact`: 1 when every constraint is met (generation: GenEval's pass, no object missing or extra;
   editing: the instruction done and everything else kept), else 0.
-A user's own reward is named `package.module:function` in `rl.rewards` and gets the same sample.
+A user's own reward is named `package.module:function` in `rl.rewards` and gets the same sample; on
+data without the world's metadata (no spec, scene or edit) it gets the image, the prompt or
+instruction (`text`) and, for an edit, the source and the record's target image, and RL runs with
+user rewards alone (`world_rewards` says which names need the world).
 
 >>> # total = combined_reward({"instruction": 1.0, "quality": 0.2})(sample)
 """
@@ -38,6 +41,8 @@ class RewardSample:
     source_scene: Scene | None = None
     edit: Edit | None = None
     size: int = 64
+    text: str = ""                  # the prompt or the instruction
+    target: np.ndarray | None = None        # editing, on a user's data: the record's target image
     _parsed: Scene | None = None
 
     @property
@@ -92,6 +97,11 @@ def quality_reward(s: RewardSample) -> float:
 BUILT_IN: dict[str, Callable[[RewardSample], float]] = {
     "instruction": instruction_reward, "consistency": consistency_reward, "quality": quality_reward,
     "exact": exact_reward}
+
+
+def world_rewards(weights: dict[str, float]) -> list[str]:
+    """The weighted rewards that score with the world's scene graphs (every built-in one)."""
+    return sorted(name for name, w in weights.items() if w and name in BUILT_IN)
 
 
 def resolve(name: str) -> Callable[[RewardSample], float]:

@@ -1,4 +1,6 @@
-"""Stage `rl`: GRPO preference optimisation of the pretrained unified model on the world's rewards.
+"""Stage `rl`: GRPO preference optimisation of the pretrained unified model on the world's rewards
+(or, on a user's data, on rewards the user names; with neither, the pretrained model is copied
+unchanged and the stage says why).
 
     arm rl --config configs/default.yaml                          # joint: generation and editing
     arm rl --config configs/default.yaml rl.mode=gen rl.out_dir=artifacts/rl-gen
@@ -45,16 +47,55 @@ def reward_summary(history: list[dict]) -> dict[str, float]:
 def understanding_replay(cfg: ArmConfig, info, text_tokenizer):
     """Batches of understanding sequences from the training split (the pretraining mix's vqa, caption,
     text and caption-reading shares), one per RL step, no condition dropout."""
-    from arm.model.data import DESCRIBE, UNDERSTANDING_TASKS, TaskMixBatches, TaskRecords
+    from arm.model.data import DESCRIBE, RECORDS_OF, UNDERSTANDING_TASKS, TaskMixBatches, TaskRecords
 
     if not (cfg.stage_dir("encode") / "summary.json").exists():
         raise ValueError(f"rl.replay_weight > 0 needs the image codes in {cfg.stage_dir('encode')}; run `arm encode` "
                          "or set rl.replay_weight=0")
     records = TaskRecords(cfg.stage_dir("prepare"), cfg.stage_dir("encode"), "train")
-    mix = {t: w for t, w in cfg.pretrain.task_mix.items() if t in UNDERSTANDING_TASKS and w > 0}
+    mix = {t: w for t, w in cfg.pretrain.task_mix.items() if t in UNDERSTANDING_TASKS and w > 0
+           and records.by_task.get(RECORDS_OF.get(t, t))}
+    if not mix:
+        print("rl: no understanding records in the training split to replay; rl.replay_weight ignored", file=sys.stderr)
+        return None
     describe_ids = text_tokenizer.encode(DESCRIBE, add_special_tokens=False).ids
     return TaskMixBatches(records, info.vocab(), describe_ids, mix, cfg.rl.replay_batch_size, cfg.rl.max_steps,
                           cfg.rl.seed + 1, p_drop=0.0, describe_first=info.describe_first)
+
+
+def rl_data(cfg: ArmConfig) -> tuple[bool | None, str]:
+    """Which records RL runs on: (True, "") the world's, scored by the configured rewards; (False, "")
+    a user's, when every weighted reward is the user's own; (None, why) none, when the rewards need the
+    world's scene graphs and the data's records of the mode's tasks carry none."""
+    from arm.evaluate.world import SplitData
+    from arm.rl.data import TASKS_OF_MODE
+    from arm.rl.rewards import world_rewards
+
+    r = cfg.rl
+    tasks = TASKS_OF_MODE[r.mode]
+    data = SplitData(cfg.stage_dir("prepare"), "train")
+    if all(data.task(t, 1) for t in tasks):
+        return True, ""
+    needs_world = world_rewards(dict(r.rewards))
+    if not needs_world and all(data.reference_task(t, 1) for t in tasks):
+        return False, ""
+    if needs_world:
+        return None, (f"rl.rewards {needs_world} score with the world's scene graphs, which the training "
+                      f"{'/'.join(tasks)} records do not carry; name a reward of your own in rl.rewards "
+                      "(package.module:function, docs/rl.md) and weigh the built-in ones 0 to run RL on this data")
+    return None, f"the training split has no {'/'.join(tasks)} records for rl.mode={r.mode}"
+
+
+def copy_unchanged(source, out, reason: str, mode: str) -> dict:
+    """The `rl` output when RL cannot run: the pretrained model as it is, and a metrics.json saying why."""
+    out.mkdir(parents=True, exist_ok=True)
+    for item in source.iterdir():
+        if item.is_file() and item.name != "metrics.json":
+            shutil.copyfile(item, out / item.name)
+    metrics = {"steps": 0, "mode": mode, "copied_from": str(source), "skipped": reason}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    print(f"rl: copying {source} to {out} unchanged: {reason}", file=sys.stderr)
+    return metrics
 
 
 def rl_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict | None:
@@ -80,6 +121,9 @@ def rl_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict | None:
     ckpt_dir = out / "checkpoints" if r.out_dir else cfg.artifacts / "checkpoints" / "rl"
     if out.resolve() == source.resolve():
         raise ValueError(f"rl.out_dir {out} is the folder RL starts from; choose another folder")
+    world, reason = rl_data(cfg)
+    if world is None:
+        return copy_unchanged(source, out, reason, r.mode)
     L.seed_everything(r.seed, workers=True, verbose=False)
     model, info, text_tokenizer = load_unified_model(source)
     reference = copy.deepcopy(model)
@@ -91,7 +135,7 @@ def rl_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict | None:
                         *source_files("rl", "generate.py", "pipeline.py", "world", "model"), extra=str(cfg.pretrain.task_mix))
     resume, start_step = resume_point(ckpt_dir, stamp, "rl")
     prompts = RLPrompts(cfg.stage_dir("prepare"), r.mode, r.prompts_per_step, r.max_steps, r.seed,
-                        start_step=start_step // r.inner_updates)
+                        start_step=start_step // r.inner_updates, world=world)
     print(f"rl: {r.mode} from {source}, {r.max_steps} steps x {r.prompts_per_step} prompts x {r.group_size} "
           f"samples; prompts available {({k: len(v) for k, v in prompts.prompts.items()})}", file=sys.stderr)
     replay = understanding_replay(cfg, info, text_tokenizer) if r.replay_weight > 0 else None

@@ -137,7 +137,8 @@ class GRPOModule(L.LightningModule):
         for i, image in enumerate(images):
             p = prompts[i // g]
             rewards.append(self.reward_fn(RewardSample(p.task, image, spec=p.spec, source=p.source,
-                                                       source_scene=p.scene, edit=p.edit, size=pipe.image_size)))
+                                                       source_scene=p.scene, edit=p.edit, size=pipe.image_size,
+                                                       text=p.text, target=p.target)))
         self.model.train()  # the pipeline put it in eval mode for sampling
         return Rollout(prompts, prefixes, all_codes, images, rewards)
 
