@@ -182,15 +182,13 @@ def _sampling(args):
 
 
 def _read_image(path: str, size: int):
-    import numpy as np
     from PIL import Image, UnidentifiedImageError
+
+    from arm.images import square_rgb
 
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.BICUBIC)
-            return np.asarray(im)
+            return square_rgb(im, size)      # as training saw its images
     except (UnidentifiedImageError, OSError) as e:
         raise ValueError(f"cannot read image {path}: {e}; pass a PNG or JPEG file") from e
 

@@ -10,7 +10,48 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
+
+WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")   # one channel, more than 8 bits
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any image Pillow opens, as the 8-bit RGB a viewer shows: its EXIF orientation applied,
+    transparency composited on white, 16-bit (and 32-bit) channels scaled to 8 bits rather than clipped,
+    grayscale, palette and CMYK converted.
+
+    >>> import numpy as np
+    >>> wide = Image.fromarray(np.array([[0, 32768, 65535]], dtype=np.uint16))     # 16-bit grayscale
+    >>> np.asarray(to_rgb(wide))[0, :, 0].tolist()
+    [0, 128, 255]
+    >>> clear = Image.new("RGBA", (1, 1), (0, 0, 0, 0))                               # transparent black
+    >>> np.asarray(to_rgb(clear))[0, 0].tolist()
+    [255, 255, 255]
+    """
+    image = ImageOps.exif_transpose(image)
+    if image.mode in WIDE_MODES:
+        values = np.asarray(image, dtype=np.float64)
+        if image.mode == "F":
+            top = 1.0 if values.max(initial=0) <= 1.0 else 255.0
+        else:  # "I" holds 16-bit PNGs on older Pillows, and other 32-bit integer images
+            top = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+        image = Image.fromarray(np.clip(np.round(values * (255.0 / top)), 0, 255).astype(np.uint8), "L")
+    transparent = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+    if transparent:
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def square_rgb(image: Image.Image, size: int) -> np.ndarray:
+    """(size, size, 3) uint8 from any image (`to_rgb`), centre-cropped to a square (never stretched)
+    and resized: nearest when enlarging, so the world's exact palette colours survive, Lanczos when
+    shrinking. What training sees (`arm prepare`) and what inference is given (CLI, Pipeline, Bento)."""
+    rgb = to_rgb(image)
+    if rgb.size != (size, size):
+        method = Image.NEAREST if min(rgb.size) < size else Image.LANCZOS
+        rgb = ImageOps.fit(rgb, (size, size), method=method)
+    return np.asarray(rgb, dtype=np.uint8)
 
 
 def to_tensor(pixels: np.ndarray) -> torch.Tensor:

@@ -18,10 +18,11 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from arm.config import SPLITS, ArmConfig
 from arm.data.manifest import IMAGE_FIELDS, Limits, Report, read_manifest
+from arm.images import square_rgb
 from arm.progress import progress
 from arm.text_tokenizer import load_tokenizer, train_bpe
 
@@ -82,14 +83,9 @@ def images_in_several_splits(by_split: dict[str, list[dict]]) -> int:
 
 
 def load_square(path: Path, size: int) -> np.ndarray:
-    """(size, size, 3) uint8: centre-cropped to a square and resized (nearest when enlarging, so the
-    world's exact palette colours survive; Lanczos when shrinking)."""
+    """(size, size, 3) uint8 of the image file at `path` (`arm.images.square_rgb`)."""
     with Image.open(path) as im:
-        im = im.convert("RGB")
-        if im.size != (size, size):
-            method = Image.NEAREST if min(im.size) < size else Image.LANCZOS
-            im = ImageOps.fit(im, (size, size), method=method)
-        return np.asarray(im, dtype=np.uint8)
+        return square_rgb(im, size)
 
 
 def text_tokenizer_source(cfg: ArmConfig) -> str | None:

@@ -48,9 +48,12 @@ def check_range(value: float, name: str, low: float, high: float) -> float:
 
 def read_image(data: bytes | np.ndarray, size: int, max_bytes: int = MAX_IMAGE_BYTES,
                max_side: int = MAX_IMAGE_SIDE) -> np.ndarray:
-    """Encoded image bytes (PNG, JPEG, ...) or a PIL image -> (size, size, 3) uint8 RGB, resized to the
-    model's input size. Refuses what cannot be decoded, truncated files and oversized images."""
+    """Encoded image bytes (PNG, JPEG, ...) or a PIL image -> (size, size, 3) uint8 RGB at the model's
+    input size, as `arm prepare` makes training images (`arm.images.square_rgb`). Refuses what cannot be
+    decoded, truncated files and oversized images."""
     from PIL import Image, UnidentifiedImageError
+
+    from arm.images import square_rgb
 
     if isinstance(data, Image.Image):
         image = data
@@ -68,12 +71,10 @@ def read_image(data: bytes | np.ndarray, size: int, max_bytes: int = MAX_IMAGE_B
                            f"{max_side} x {max_side}")
     try:
         image.load()  # decodes now: a truncated file fails here, not later inside the model
-        rgb = image.convert("RGB")
+        # As training saw its images: oriented, transparency on white, centre-cropped, never stretched.
+        return square_rgb(image, size)
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise RequestError(f"the image is damaged or truncated ({e}); upload the whole file") from e
-    if rgb.size != (size, size):
-        rgb = rgb.resize((size, size), Image.BICUBIC)
-    return np.asarray(rgb, dtype=np.uint8)
 
 
 def to_png(image: np.ndarray):

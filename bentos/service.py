@@ -41,7 +41,9 @@ def _png_b64(image) -> str:
 def _from_b64(text: str):
     import numpy as np
 
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(text))).convert("RGB"))
+    from arm.images import to_rgb
+
+    return np.asarray(to_rgb(Image.open(io.BytesIO(base64.b64decode(text)))))
 
 
 def _strip(images: list) -> Image.Image:

@@ -166,3 +166,60 @@ def test_world_generate_cli_is_byte_identical(tmp_path):
 def test_config_show(argv, capsys):
     assert main(argv) == 0
     assert "prepare:" in capsys.readouterr().out
+
+
+def _one_image_dataset(tmp_path: Path, image: Image.Image, save_kwargs: dict | None = None) -> np.ndarray:
+    """Import one captioned picture with `arm import captions`, prepare it, and return its training pixels."""
+    from arm.data.importers import import_captions
+
+    src = tmp_path / "photos"
+    src.mkdir(parents=True)
+    image.save(src / "p.png", **(save_kwargs or {}))
+    (src / "p.txt").write_text("a picture")
+    import_captions(src, tmp_path / "data", split="train")
+    prepare(_cfg(tmp_path / "data", tmp_path / "artifacts", "data.image_size=32"))
+    keys, pixels = load_images(tmp_path / "artifacts" / "prepare", "train")
+    assert keys == ["images/p.png"]
+    return pixels[0]
+
+
+def test_portrait_and_landscape_photos_are_centre_cropped_not_stretched(tmp_path):
+    """A blue square between red bands, tall and wide: the bands are cropped away, the square stays."""
+    for name, size, bands in (("portrait", (40, 80), ((0, 0, 40, 20), (0, 60, 40, 80))),
+                              ("landscape", (80, 40), ((0, 0, 20, 40), (60, 0, 80, 40)))):
+        im = Image.new("RGB", size, (30, 60, 220))
+        for band in bands:
+            Image.Image.paste(im, (220, 30, 30), band)
+        pixels = _one_image_dataset(tmp_path / name, im)
+        assert pixels.shape == (32, 32, 3)
+        # No band left (stretching would keep a quarter of the picture red); the resampling filter
+        # reaches a pixel past the crop at the border, so the interior is exact and the border nearly.
+        assert pixels[..., 0].max() < 60, name
+        assert np.abs(pixels[2:-2, 2:-2].astype(int) - [30, 60, 220]).max() <= 1, name
+
+
+def test_grayscale_rgba_16_bit_and_exif_rotated_photos_come_out_as_seen(tmp_path):
+    # Grayscale: every channel the grey level.
+    grey = _one_image_dataset(tmp_path / "grey", Image.new("L", (32, 32), 90))
+    assert (grey == 90).all()
+    # RGBA: transparent pixels on white, opaque ones as they are, half-transparent ones blended.
+    rgba = Image.new("RGBA", (32, 32), (0, 0, 0, 0))
+    rgba.paste((200, 0, 0, 255), (0, 0, 16, 32))
+    rgba.paste((0, 0, 200, 128), (16, 0, 32, 16))
+    px = _one_image_dataset(tmp_path / "rgba", rgba)
+    assert px[:, :16].tolist() == [[[200, 0, 0]] * 16] * 32
+    assert (px[16:, 16:] == 255).all()
+    assert np.abs(px[:16, 16:].astype(int) - [127, 127, 227]).max() <= 2
+    # 16-bit grayscale: a ramp over the whole 16-bit range, scaled to 8 bits (Pillow alone clips it to white).
+    ramp = np.tile(np.linspace(0, 65535, 32).astype(np.uint16), (32, 1))
+    px = _one_image_dataset(tmp_path / "wide", Image.fromarray(ramp))
+    assert px[0, 0, 0] == 0 and px[0, -1, 0] == 255 and abs(int(px[0, 16, 0]) - 132) <= 2
+    assert (np.diff(px[0, :, 0].astype(int)) > 0).all()
+    # EXIF orientation 6 (the camera was turned): stored 40 x 20 with its left 15 columns red, shown
+    # 20 x 40 with its top 15 rows red; the centre crop (rows 10 to 30) starts red and ends white.
+    stored = Image.new("RGB", (40, 20), (255, 255, 255))
+    stored.paste((220, 0, 0), (0, 0, 15, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    px = _one_image_dataset(tmp_path / "exif", stored, {"exif": exif})
+    assert (px[0] == [220, 0, 0]).all() and (px[-1] == 255).all()

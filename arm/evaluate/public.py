@@ -198,8 +198,10 @@ def score_gedit(records: list[dict], sources: list[np.ndarray], edited: list[np.
 
 
 def _load_rgb(path: str, size: int) -> np.ndarray:
+    from arm.images import square_rgb
+
     with Image.open(path) as im:
-        return np.asarray(im.convert("RGB").resize((size, size), Image.BICUBIC))
+        return square_rgb(im, size)
 
 
 def run_geneval(pipe, metadata: str | Path, out: str | Path, images_per_prompt: int = 4, guidance=None,
