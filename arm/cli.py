@@ -141,6 +141,16 @@ def cmd_import(args) -> None:
     print(f"next: `dvc add {out}` to version it, then `dvc repro`")
 
 
+def cmd_data_example(args) -> None:
+    from arm.data.examples import export_example
+
+    counts = export_example(args.name, args.out, args.limit)
+    print(f"example {args.name}: {counts['images']} pictures with captions and {counts['questions']} questions in "
+          f"{args.out}")
+    print(f"next: `arm import captions {args.out} --out data` and "
+          f"`arm import qa {Path(args.out) / 'questions.jsonl'} --out data --append`")
+
+
 def cmd_data_ensure(args) -> None:
     from arm.data.versioning import ensure_data
 
@@ -361,6 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dvc-file", default="data.dvc")
     _add_config_args(p)
     p.set_defaults(func=cmd_data_ensure)
+    p = data.add_parser("example", help="write a real image set that ships in a package as a user's files")
+    p.add_argument("name", choices=("digits",))
+    p.add_argument("--out", required=True, help="folder for the pictures, caption sidecars and questions.jsonl")
+    p.add_argument("--limit", type=int, default=None, help="the first N images only")
+    p.set_defaults(func=cmd_data_example)
 
     config = sub.add_parser("config", help="configuration").add_subparsers(dest="config_command", required=True)
     p = config.add_parser("show", help="print the merged configuration")

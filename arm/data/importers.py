@@ -86,7 +86,24 @@ class DatasetWriter:
             tmp = self.manifest.with_suffix(".jsonl.tmp")
             tmp.write_text(lines, encoding="utf-8")
             tmp.replace(self.manifest)
+        forget_world_parameters(self.out)
         return report
+
+
+def forget_world_parameters(folder: Path) -> None:
+    """Drop the Shapes world's generation parameters from the folder's .dvc file (`data.dvc` beside
+    `data/`), which `dvc add` would otherwise carry over: the folder now holds imported data, and a
+    fresh clone must not try to regenerate it as the world."""
+    from arm.data.versioning import read_meta, write_meta
+
+    dvc_file = folder.parent / f"{folder.name}.dvc"
+    if dvc_file.is_file():
+        meta = read_meta(dvc_file)
+        if "world" in meta:
+            meta.pop("world")
+            write_meta(dvc_file, meta)
+            print(f"import: {dvc_file} no longer records the Shapes world's parameters; `dvc add {folder}` "
+                  "tracks the imported data")
 
 
 def _read_sidecar(path: Path, limits: Limits) -> str:
