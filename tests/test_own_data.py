@@ -143,3 +143,45 @@ def test_digits_example_runs_the_whole_lifecycle(tmp_path, capfd):
     assert "classifier judge" in err
     summary = json.loads((artifacts / "prepare" / "summary.json").read_text())
     assert sum(summary["images"].values()) == 300 and summary["images_in_several_splits"] == 0
+
+
+def test_a_captioned_folder_goes_from_import_to_a_served_bento(tmp_path):
+    """The README's recipe on a fresh copy of the project: a folder of captioned pictures someone else
+    made (200 of the digits) replaces the world, `arm import captions`, `dvc add data`, `dvc repro` with
+    the default preset (at tiny step counts, as every end-to-end test), then the Bento `dvc repro` built
+    serves all three endpoints. No image lands in two splits and the report shows the pictures."""
+    import shutil
+
+    import httpx
+
+    from arm.data.examples import export_digits
+    from arm.data.versioning import dvc_executable, read_meta
+    from arm.serving import local_server
+    from tests.conftest import run_ok, tiny_project
+
+    repo = tiny_project(tmp_path)
+    export_digits(tmp_path / "photos", limit=200)
+    (tmp_path / "photos" / "questions.jsonl").unlink()              # a plain folder of captioned pictures
+    shutil.rmtree(repo / "data")
+    out = run_ok(["arm", "import", "captions", str(tmp_path / "photos"), "--out", "data"], repo)
+    assert "no longer records the Shapes world" in out and "world" not in read_meta(repo / "data.dvc")
+    dvc = dvc_executable()
+    run_ok([dvc, "add", "data"], repo)
+    run_ok([dvc, "repro"], repo, timeout=1800)
+
+    artifacts = repo / "artifacts"
+    summary = json.loads((artifacts / "prepare" / "summary.json").read_text())
+    assert sum(summary["images"].values()) == 200 and summary["images_in_several_splits"] == 0
+    metrics = json.loads((artifacts / "evaluate" / "metrics.json").read_text())
+    assert all(math.isfinite(metrics[k]) for k in ("gen/agreement", "gen/fid", "und/exact_match", "tok/psnr"))
+    assert (artifacts / "evaluate" / "report.html").read_text().count("<img") >= 4
+    bento = json.loads((artifacts / "package" / "package.json").read_text())["bento_tag"]
+    with local_server(bento) as (url, _):
+        made = httpx.post(f"{url}/generate", json={"prompt": "a handwritten digit 3", "seed": 1}, timeout=120)
+        assert made.status_code == 200 and made.headers["content-type"] == "image/png"
+        picture = {"image": ("three.png", made.content, "image/png")}
+        edited = httpx.post(f"{url}/edit", files=picture, data={"instruction": "make it bolder"}, timeout=120)
+        assert edited.status_code == 200 and edited.headers["content-type"] == "image/png"
+        answered = httpx.post(f"{url}/understand", files=picture, data={"question": "describe the image."},
+                              timeout=120)
+        assert answered.status_code == 200 and isinstance(answered.json()["answer"], str)

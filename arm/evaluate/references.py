@@ -123,21 +123,17 @@ def evaluate_editing(pipe, data, settings, samples) -> dict:
 def evaluate_generation(pipe, data, settings, samples, judge=None) -> dict:
     """Prompts without world meta: `samples_per_prompt` images each (kept in `samples.generation` for the
     grids and the stage's FID); with `judge`, whether each image shows its prompt (`gen/agreement`)."""
-    from arm.evaluate.world import _values
+    from arm.evaluate.world import _values, generated_images
 
     records = data.reference_task("t2i", settings.limit)
     if not records:
         return {}
     first = len(samples.scores)
-    k = settings.samples_per_prompt
-    prompts = [r["text"] for r in records for _ in range(k)]
-    images = pipe.generate(prompts, settings.generation_guidance,
-                           Sampling(settings.temperature, settings.top_k, seed=settings.seed))
-    agrees = judge.agrees(images, prompts) if judge is not None else [None] * len(images)
-    for i, (image, agreed) in enumerate(zip(images, agrees)):
-        r = records[i // k]
+    images, items = generated_images(pipe, records, settings)
+    agrees = judge.agrees(images, [r["text"] for r, _ in items]) if judge is not None else [None] * len(images)
+    for image, (r, item), agreed in zip(images, items, agrees):
         if agreed is not None:
-            samples.add("gen/agreement", None, agreed, f"{r['id']}#{i % k}")
+            samples.add("gen/agreement", None, agreed, item)
         samples.generation.append({"prompt": r["text"], "image": image, "passed": agreed, "reference": True,
                                    "verdict": None if agreed is None else ("shows it" if agreed else "does not")})
     out = _values(samples, first)

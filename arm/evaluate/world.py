@@ -163,6 +163,15 @@ def evaluate_understanding(pipe: Pipeline, data: SplitData, settings: EvalSettin
     return out
 
 
+def generated_images(pipe: Pipeline, records: list[dict], settings: EvalSettings) -> tuple[np.ndarray, list]:
+    """`samples_per_prompt` images for each record's prompt at the evaluation's sampling, and for each
+    image its (record, item id `<record id>#<k>`): the images of one prompt are resampled together."""
+    k = settings.samples_per_prompt
+    images = pipe.generate([r["text"] for r in records for _ in range(k)], settings.generation_guidance,
+                           Sampling(settings.temperature, settings.top_k, seed=settings.seed))
+    return images, [(records[i // k], f"{records[i // k]['id']}#{i % k}") for i in range(len(images))]
+
+
 def evaluate_generation(pipe: Pipeline, data: SplitData, settings: EvalSettings, samples: Samples) -> dict:
     """GenEval-style pass rate (`gen/acc`, per category), `samples_per_prompt` images per prompt, and the
     WISE-style knowledge score of knowledge prompts (`gen/knowledge_seen`, `gen/knowledge_heldout`)."""
@@ -170,12 +179,8 @@ def evaluate_generation(pipe: Pipeline, data: SplitData, settings: EvalSettings,
     if not records:
         return {}
     first = len(samples.scores)
-    k = settings.samples_per_prompt
-    prompts = [r["text"] for r in records for _ in range(k)]
-    images = pipe.generate(prompts, settings.generation_guidance,
-                           Sampling(settings.temperature, settings.top_k, seed=settings.seed))
-    for i, image in enumerate(images):
-        r, item = records[i // k], f"{records[i // k]['id']}#{i % k}"
+    images, items = generated_images(pipe, records, settings)
+    for image, (r, item) in zip(images, items):
         spec = GenSpec.from_dict(r["meta"]["spec"])
         passed = generation_pass(spec, parse(image, pipe.image_size))
         samples.add("gen/acc", spec.category, passed, item)
