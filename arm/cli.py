@@ -266,13 +266,20 @@ def cmd_bench(args) -> None:
         out = public.run_geneval(pipe, args.source, args.out, args.num, guidance, sampling)
         print(f"wrote {out}; score it with GenEval's evaluation/evaluate_images.py {out}")
         return
-    judge = Judge(JudgeConfig(args.judge_url, args.judge_model))
+    if args.benchmark == "gedit" and not args.prompts:
+        raise ValueError("arm bench gedit needs --prompts: your Step1X-Edit checkout (GEdit-Bench/viescore/vie_prompts.py)")
+    e = _load(args).evaluate
+    judge = Judge(JudgeConfig(args.judge_url or e.judge_base_url, args.judge_model or e.judge_model))
     try:
-        run = public.run_wise if args.benchmark == "wise" else public.run_gedit
-        result = run(pipe, args.source, judge, args.out, guidance, sampling)
+        if args.benchmark == "wise":
+            result = public.run_wise(pipe, args.source, judge, args.out, guidance, sampling, args.wise_version)
+        else:
+            result = public.run_gedit(pipe, args.source, args.prompts, judge, args.out, guidance, sampling,
+                                      args.language)
     finally:
         judge.close()
-    summary = {k: v for k, v in result.items() if k not in ("judge_errors", "per_group", "per_category")}
+    summary = {k: v for k, v in result.items() if k not in ("judge_errors", "per_group", "per_category", "scores",
+                                                            "intersection")}
     print(json.dumps(summary), f"judge errors: {len(result['judge_errors'])}")
 
 
@@ -329,13 +336,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="public benchmarks on your copy of their files: geneval, wise, gedit")
     p.add_argument("benchmark", choices=("geneval", "wise", "gedit"))
-    p.add_argument("source", help="geneval: evaluation_metadata.jsonl; wise: its prompt folder; gedit: records JSONL")
+    p.add_argument("source", help="geneval: evaluation_metadata.jsonl; wise: your checkout of the WISE repository; "
+                                  "gedit: your copy of the GEdit-Bench dataset folder")
+    p.add_argument("--prompts", help="gedit: your Step1X-Edit checkout (its VIEScore prompts)")
+    p.add_argument("--wise-version", default="auto", choices=("auto", "verified", "legacy"))
+    p.add_argument("--language", default="en", choices=("en", "cn"), help="gedit: the instructions' language")
     p.add_argument("--out", default="artifacts/bench")
     p.add_argument("--num", type=int, default=4, help="geneval: images per prompt")
-    p.add_argument("--judge-url", help="OpenAI-compatible base URL (else $ARM_JUDGE_BASE_URL)")
-    p.add_argument("--judge-model", help="the judge model, pinned in the results (else $ARM_JUDGE_MODEL)")
+    p.add_argument("--judge-url", help="OpenAI-compatible base URL (else evaluate.judge_base_url, $ARM_JUDGE_BASE_URL)")
+    p.add_argument("--judge-model", help="the judge model, recorded with the scores (else evaluate.judge_model, "
+                                         "$ARM_JUDGE_MODEL)")
     _inference_args(p)
     _sampling_args(p)
+    p.add_argument("--config", default=DEFAULT_CONFIG, help="the preset whose evaluate section names the judge")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides")
     p.set_defaults(func=cmd_bench)
 
     world = sub.add_parser("world", help="the Shapes world: generate a dataset, parse images").add_subparsers(

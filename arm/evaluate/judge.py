@@ -34,7 +34,7 @@ class JudgeConfig:
         base_url = self.base_url or os.environ.get("ARM_JUDGE_BASE_URL")
         model = self.model or os.environ.get("ARM_JUDGE_MODEL")
         if not base_url or not model:
-            raise ValueError("no judge configured: set evaluate.judge.base_url and evaluate.judge.model (or "
+            raise ValueError("no judge configured: set evaluate.judge_base_url and evaluate.judge_model (or "
                              "ARM_JUDGE_BASE_URL and ARM_JUDGE_MODEL) to an OpenAI-compatible chat endpoint")
         return JudgeConfig(base_url.rstrip("/"), model, self.api_key or os.environ.get("ARM_JUDGE_API_KEY", ""),
                            self.timeout_s, self.retries, self.backoff_s)
@@ -89,19 +89,32 @@ class Judge:
 
     def score(self, images: list[np.ndarray], instruction: str, keys: tuple[str, ...],
               scale: tuple[float, float]) -> Verdict:
+        """Our own rubric: the images, then `instruction` asking for a JSON object of `keys` on `scale`."""
+        text = (instruction + "\nAnswer with only a JSON object with the keys " + ", ".join(keys)
+                + f", each a number from {scale[0]:g} to {scale[1]:g}.")
+        return self.ask(text, images, lambda reply: parse_scores(reply, keys, scale), text_first=False)
+
+    def ask(self, text: str, images: list[np.ndarray], parse, system: str | None = None, text_first: bool = False,
+            max_tokens: int | None = None) -> Verdict:
+        """One chat request with `text` and `images` (in the order a benchmark's own script sends them),
+        its reply turned into scores by `parse` (which raises JudgeError on a reply it cannot read);
+        retried as the config says, and a Verdict with the last error when every try failed."""
         import httpx
 
-        content = [{"type": "image_url", "image_url": {"url": png_data_uri(im)}} for im in images]
-        content.append({"type": "text", "text": instruction + "\nAnswer with only a JSON object with the keys "
-                        + ", ".join(keys) + f", each a number from {scale[0]:g} to {scale[1]:g}."})
-        body = {"model": self.config.model, "temperature": 0.0, "messages": [{"role": "user", "content": content}]}
+        parts = [{"type": "image_url", "image_url": {"url": png_data_uri(im)}} for im in images]
+        content = ([{"type": "text", "text": text}] + parts) if text_first else (parts + [{"type": "text", "text": text}])
+        messages = ([{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []) + [
+            {"role": "user", "content": content}]
+        body = {"model": self.config.model, "temperature": 0.0, "messages": messages}
+        if max_tokens:
+            body["max_tokens"] = max_tokens
         error = ""
         for attempt in range(1, self.config.retries + 1):
             try:
                 response = self.client.post("/chat/completions", json=body)
                 response.raise_for_status()
-                text = response.json()["choices"][0]["message"]["content"]
-                return Verdict(parse_scores(text, keys, scale), attempts=attempt)
+                reply = response.json()["choices"][0]["message"]["content"]
+                return Verdict(parse(reply), attempts=attempt)
             except (httpx.HTTPError, JudgeError, KeyError, IndexError, TypeError, ValueError) as e:
                 error = f"{type(e).__name__}: {e}"
                 if attempt < self.config.retries:
