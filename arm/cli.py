@@ -399,7 +399,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # Config overrides (section.key=value) may also come after options that follow a positional argument
+    # (`arm bench wise WISE/ --out x evaluate.judge_model=m`), where argparse has already closed `overrides`.
+    stray = [a for a in extra if "=" in a and not a.startswith("-")]
+    if stray and hasattr(args, "overrides"):
+        args.overrides = list(args.overrides) + stray
+    if len(stray) != len(extra) or (stray and not hasattr(args, "overrides")):
+        parser.parse_args(argv)      # the usual error for what is left unrecognised
     try:
         args.func(args)
     except (ValueError, FileNotFoundError) as e:
