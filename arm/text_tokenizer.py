@@ -1,6 +1,6 @@
 """The text tokenizer and the special tokens of the unified id space.
 
-Id layout (DESIGN.md): text ids first, then the special tokens, then image codes at a fixed offset
+Id layout (docs/model.md): text ids first, then the special tokens, then image codes at a fixed offset
 (`len(tokenizer)`, decided by the model stage). Special tokens are appended after training, so a
 pretrained LLM's tokenizer.json gets the same layout: its own ids, then ours.
 

@@ -90,7 +90,8 @@ def main() -> None:
     result["images_per_split"] = json.loads((artifacts / "prepare" / "summary.json").read_text())["images"]
     result["metrics"] = json.loads((artifacts / "evaluate" / "metrics.json").read_text())
     result["intervals"] = json.loads((artifacts / "evaluate" / "scores.json").read_text())
-    result["rl"] = json.loads((artifacts / "rl" / "metrics.json").read_text())
+    # Paths inside the work folder are recorded relative to it (WORK/...): the results name no machine's folders.
+    result["rl"] = json.loads((artifacts / "rl" / "metrics.json").read_text().replace(str(work), "WORK"))
     picture(artifacts, Path(args.picture))
     result["picture"] = str(Path(args.picture).relative_to(ROOT)) if Path(args.picture).is_relative_to(ROOT) else args.picture
     report(result, args.out, skip=("machine", "metrics", "intervals", "rl", "stage_minutes", "images_per_split"))

@@ -1,4 +1,4 @@
-"""Training sequences per task, as DESIGN.md fixes the templates (-> marks where the loss starts):
+"""Training sequences per task, the templates of docs/model.md (-> marks where the loss starts):
 
     understanding  <|und|> <|soi|> img <|eoi|> question  -> answer <|eos|>
                    [question -> answer <|eos|>] ...  more questions about the same image, as turns

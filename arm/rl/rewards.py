@@ -7,7 +7,7 @@ Built in:
   atoms (editing) that the verifier finds met in the image;
 - `consistency` (editing): the fraction of preservation atoms met (untouched objects unchanged, nothing
   extra), times the fraction of pixels outside the edited cells left as they were;
-- `quality`: 0.5 realism + 0.5 cleanliness (WORLD.md), the same for both tasks;
+- `quality`: 0.5 realism + 0.5 cleanliness (docs/world.md, Scores), the same for both tasks;
 - `exact`: 1 when every constraint is met (generation: GenEval's pass, no object missing or extra;
   editing: the instruction done and everything else kept), else 0.
 A user's own reward is named `package.module:function` in `rl.rewards` and gets the same sample; on

@@ -1,4 +1,4 @@
-"""Every world score as a pure function of images, scenes and specs (WORLD.md "Scores").
+"""Every world score as a pure function of images, scenes and specs (docs/world.md, Scores).
 
 Constraint counting, written down once because GenEval accuracy, the WISE-style consistency, G_SC and
 the RL rewards all rest on it:
