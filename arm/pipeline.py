@@ -2,53 +2,54 @@
 text tokenizer behind `generate`, `edit` and `understand`. The CLI, evaluation, RL and the Bento
 service all go through it, so they cannot disagree about templates, guidance or decoding.
 
->>> # pipe = Pipeline.load("artifacts/pretrain", "artifacts/tokenizer")
->>> # images = pipe.generate(["a large red circle at the center"], guidance_scale=3.0, seed=0)  # (1, 64, 64, 3)
->>> # answers = pipe.understand(images, ["what color is the circle?"])                       # ["red"]
+Sampling has one source: the `sampling.json` saved beside the model (`arm.model.saved`), unless a caller
+passes its own `SamplingConfig`. Image i of a call is drawn with seed `seed + i` by its own generator, so
+an image depends on its prompt and seed only, never on what else is in the batch: `arm generate`,
+`Pipeline.generate` and the Bento's `/generate` give the same image for the same prompt and seed.
+
+    pipe = Pipeline.load("artifacts/rl", "artifacts/tokenizer")
+    images = pipe.generate(["a large red circle at the center"], seed=0)     # (1, 64, 64, 3) uint8
+    answers = pipe.understand(images, ["what color is the circle?"])        # ["red"]
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from arm.config import SamplingConfig
 from arm.generate import Engine, Sampling
 from arm.images import to_tensor, to_uint8
-from arm.model.data import DESCRIBE
+from arm.model.sequences import DESCRIBE
+from arm.model.saved import load_sampling, load_unified_model
 from arm.model.sequences import editing_prefix, generation_prefix, understanding_prefix, understanding_turns_prefix
+from arm.tokenizer.model import VisualTokenizer
 
 
-@dataclass
-class Guidance:
-    """Classifier-free guidance scales: text (generation and editing) and source image (editing)."""
-
-    scale: float = 3.0
-    image_scale: float = 1.5
-
-
-def _offset(sampling: Sampling, start: int) -> Sampling:
-    """The sampling of the batch starting at row `start`: its own seed, so batches are independent."""
-    return replace(sampling, seed=None if sampling.seed is None else sampling.seed + start)
+def row_samplings(sampling: SamplingConfig, seed: int | None, start: int, stop: int) -> list[Sampling] | Sampling:
+    """The engine's sampling for rows start..stop-1 of a call: row i with its own generator seeded
+    `seed + i`, or one unseeded sampling for the batch when `seed` is None."""
+    if seed is None:
+        return Sampling(sampling.temperature, sampling.top_k, sampling.top_p, None)
+    return [Sampling(sampling.temperature, sampling.top_k, sampling.top_p, seed + i) for i in range(start, stop)]
 
 
 class Pipeline:
-    def __init__(self, model, info, text_tokenizer, visual_tokenizer, batch_size: int = 64):
+    def __init__(self, model, info, text_tokenizer, visual_tokenizer, sampling: SamplingConfig, batch_size: int = 64):
         self.model, self.info, self.text_tokenizer, self.visual = model.eval(), info, text_tokenizer, visual_tokenizer.eval()
         self.vocab = info.vocab()
         self.engine = Engine(model, self.vocab)
+        self.sampling = sampling         # the model's own (sampling.json) unless a call passes another
         self.batch_size = batch_size
         self.image_size = visual_tokenizer.cfg.image_size
 
     @classmethod
     def load(cls, model_dir: str | Path, tokenizer_dir: str | Path, device: str = "cpu", **kwargs) -> "Pipeline":
-        from arm.pretrain import load_unified_model
-        from arm.tokenizer.model import VisualTokenizer
-
+        sampling = load_sampling(model_dir)
         model, info, text_tokenizer = load_unified_model(model_dir)
         config = Path(tokenizer_dir) / "config.json"
         if config.is_file():  # check before loading weights, so a mismatch is named, not a shape error
@@ -59,7 +60,7 @@ class Pipeline:
                                  f"one {model_dir} was trained on ({info.codebook_size} codes, grid {info.grid}); "
                                  "pass the tokenizer the model's codes came from")
         visual = VisualTokenizer.load(tokenizer_dir)
-        return cls(model.to(device), info, text_tokenizer, visual.to(device), **kwargs)
+        return cls(model.to(device), info, text_tokenizer, visual.to(device), sampling, **kwargs)
 
     # --- ids <-> text and pixels ----------------------------------------------------------------------
 
@@ -112,29 +113,30 @@ class Pipeline:
         for start in range(0, n, self.batch_size):
             yield start, min(n, start + self.batch_size)
 
-    def generate_codes(self, prompts: list[str], guidance: Guidance | None = None,
-                       sampling: Sampling | None = None) -> np.ndarray:
-        """Text -> (N, g*g) image codes, guided (uncond = the empty prompt) when guidance.scale != 1."""
-        guidance, sampling = guidance or Guidance(), sampling or Sampling()
+    def generate_codes(self, prompts: list[str], seed: int | None = 0,
+                       sampling: SamplingConfig | None = None) -> np.ndarray:
+        """Text -> (N, g*g) image codes, guided (uncond = the empty prompt) when the generation guidance
+        != 1; `sampling` None: the model's own."""
+        s = sampling or self.sampling
         out = []
         for a, b in self._batches(len(prompts)):
             cond = [self.generation_prompt(self.text_ids(p)) for p in prompts[a:b]]
             uncond = [self.generation_prompt([]) for _ in cond]
             out.append(self.engine.generate_images(cond, self.num_image_tokens, uncond=uncond,
-                                                   guidance_scale=guidance.scale, sampling=_offset(sampling, a)))
+                                                   guidance_scale=s.generation_guidance,
+                                                   sampling=row_samplings(s, seed, a, b)))
         return torch.cat(out).numpy() if out else np.zeros((0, self.num_image_tokens), np.int64)
 
-    def generate(self, prompts: list[str], guidance: Guidance | None = None,
-                 sampling: Sampling | None = None) -> np.ndarray:
+    def generate(self, prompts: list[str], seed: int | None = 0, sampling: SamplingConfig | None = None) -> np.ndarray:
         """Text -> (N, S, S, 3) uint8 images."""
-        return self.decode_codes(self.generate_codes(prompts, guidance, sampling))
+        return self.decode_codes(self.generate_codes(prompts, seed, sampling))
 
-    def edit_codes(self, source_codes: np.ndarray, instructions: list[str], guidance: Guidance | None = None,
-                   sampling: Sampling | None = None) -> np.ndarray:
+    def edit_codes(self, source_codes: np.ndarray, instructions: list[str], seed: int | None = 0,
+                   sampling: SamplingConfig | None = None) -> np.ndarray:
         """(N, g*g) source codes + instructions -> (N, g*g) edited codes, with text and image guidance."""
         if len(source_codes) != len(instructions):
             raise ValueError(f"{len(source_codes)} source images but {len(instructions)} instructions")
-        guidance, sampling = guidance or Guidance(), sampling or Sampling()
+        s = sampling or self.sampling
         out = []
         for a, b in self._batches(len(instructions)):
             ids = [self.text_ids(t) for t in instructions[a:b]]
@@ -142,14 +144,14 @@ class Pipeline:
             uncond = [self.edit_prompt(None, []) for _ in ids]
             source_only = [self.edit_prompt(c, []) for c in source_codes[a:b]]
             out.append(self.engine.generate_images(
-                cond, self.num_image_tokens, uncond=uncond, guidance_scale=guidance.scale, source_only=source_only,
-                image_guidance_scale=guidance.image_scale, sampling=_offset(sampling, a)))
+                cond, self.num_image_tokens, uncond=uncond, guidance_scale=s.edit_guidance, source_only=source_only,
+                image_guidance_scale=s.edit_image_guidance, sampling=row_samplings(s, seed, a, b)))
         return torch.cat(out).numpy() if out else np.zeros((0, self.num_image_tokens), np.int64)
 
-    def edit(self, images: np.ndarray, instructions: list[str], guidance: Guidance | None = None,
-             sampling: Sampling | None = None) -> np.ndarray:
+    def edit(self, images: np.ndarray, instructions: list[str], seed: int | None = 0,
+             sampling: SamplingConfig | None = None) -> np.ndarray:
         """(N, S, S, 3) uint8 sources + instructions -> (N, S, S, 3) uint8 edited images."""
-        return self.decode_codes(self.edit_codes(self.encode_images(images), instructions, guidance, sampling))
+        return self.decode_codes(self.edit_codes(self.encode_images(images), instructions, seed, sampling))
 
     def understand_codes(self, codes: np.ndarray | None, questions: list[str], max_new_tokens: int = 64,
                          sampling: Sampling | None = None) -> list[str]:
@@ -190,11 +192,10 @@ class Pipeline:
                                   sampling: Sampling | None = None) -> list[list[int]]:
         """A describe-first model's second pass: answer ids for each question asked after the image's
         description turn (`descriptions`: text ids, the model's own or any other, e.g. a reference
-        caption); `codes` None leaves the image span out.
+        caption); `codes` None leaves the image span out, e.g.
 
-        >>> # pipe = Pipeline.load("artifacts/pretrain", "artifacts/tokenizer")
-        >>> # pipe.decode_text(pipe.answer_after_descriptions(codes[:1], [pipe.text_ids("a red square ...")],
-        >>> #                                                 [pipe.text_ids("how many red objects?")])[0])
+            pipe.decode_text(pipe.answer_after_descriptions(codes[:1], [pipe.text_ids("a red square ...")],
+                                                            [pipe.text_ids("how many red objects?")])[0])
         """
         describe_ids = self.text_ids(DESCRIBE)
         out: list[list[int]] = []

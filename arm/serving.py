@@ -86,28 +86,34 @@ def to_png(image: np.ndarray):
 
 @dataclass
 class GenerationRequest:
+    """One /generate request. Sampling values left None are the served model's own (its sampling.json)."""
+
     prompt: str
     num_images: int = 1
-    guidance_scale: float = 2.0    # generation's text guidance, as the evaluation samples (configs/default.yaml)
-    temperature: float = 0.5
-    top_k: int = 0
+    guidance_scale: float | None = None
+    temperature: float | None = None
+    top_k: int | None = None
     seed: int = 0
 
 
 def check_generation(r: GenerationRequest, max_images: int = MAX_IMAGES_PER_REQUEST) -> GenerationRequest:
     check_range(r.num_images, "num_images", 1, max_images)
-    check_range(r.guidance_scale, "guidance_scale", 0.0, 20.0)
-    check_range(r.temperature, "temperature", 0.0, 5.0)
-    check_range(r.top_k, "top_k", 0, 100_000)
     check_range(r.seed, "seed", 0, 2**31 - 1)
-    return GenerationRequest(check_text(r.prompt, "prompt"), int(r.num_images), float(r.guidance_scale),
-                             float(r.temperature), int(r.top_k), int(r.seed))
+    for value, name, low, high, kind in ((r.guidance_scale, "guidance_scale", 0.0, 20.0, float),
+                                         (r.temperature, "temperature", 0.0, 5.0, float),
+                                         (r.top_k, "top_k", 0, 100_000, int)):
+        if value is not None:
+            check_range(value, name, low, high)
+    return GenerationRequest(check_text(r.prompt, "prompt"), int(r.num_images),
+                             None if r.guidance_scale is None else float(r.guidance_scale),
+                             None if r.temperature is None else float(r.temperature),
+                             None if r.top_k is None else int(r.top_k), int(r.seed))
 
 
 def generate_batch(pipe, requests: list[GenerationRequest]) -> list[np.ndarray]:
     """Many requests, one batched forward (guided rows included): -> per request (num_images, S, S, 3).
     Image i of a request is sampled with seed `seed + i` by its own generator, so a request gets the same
-    images whether it ran alone or beside others."""
+    images whether it ran alone or beside others, and the same as `Pipeline.generate([prompt] * n, seed)`."""
     import torch
 
     from arm.generate import Sampling
@@ -115,10 +121,11 @@ def generate_batch(pipe, requests: list[GenerationRequest]) -> list[np.ndarray]:
     rows, scales, samplings, owners = [], [], [], []
     for k, r in enumerate(requests):
         prompt = pipe.generation_prompt(pipe.text_ids(r.prompt))
+        s = pipe.sampling.overridden(generation_guidance=r.guidance_scale, temperature=r.temperature, top_k=r.top_k)
         for i in range(r.num_images):
             rows.append(prompt)
-            scales.append(r.guidance_scale)
-            samplings.append(Sampling(r.temperature, r.top_k, seed=r.seed + i))
+            scales.append(s.generation_guidance)
+            samplings.append(Sampling(s.temperature, s.top_k, s.top_p, seed=r.seed + i))
             owners.append(k)
     if not rows:
         return []
@@ -138,7 +145,7 @@ def local_server(bento: str, env: dict | None = None, timeout: float = 180.0, lo
     """`bentoml serve <bento>` on a free loopback port, yielding its URL once /readyz answers; stopped
     with all its workers (own process group) on exit. For smoke tests and benchmarks.
 
-    >>> # with local_server("arm:latest") as url: httpx.post(f"{url}/generate", json={"prompt": "a red circle"})
+        with local_server("arm:latest") as url: httpx.post(f"{url}/generate", json={"prompt": "a red circle"})
     """
     import os
     import subprocess

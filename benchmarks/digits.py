@@ -45,13 +45,12 @@ def picture(artifacts: Path, out: Path, seed: int = 0) -> None:
     from PIL import Image
 
     from arm.data.shards import load_images
-    from arm.generate import Sampling
     from arm.images import make_grid
-    from arm.pipeline import Guidance, Pipeline
+    from arm.pipeline import Pipeline
 
     pipe = Pipeline.load(artifacts / "rl", artifacts / "tokenizer")
     prompts = [f"a handwritten digit {d}" for d in range(10) for _ in range(4)]
-    generated = make_grid(list(pipe.generate(prompts, Guidance(2.0, 1.0), Sampling(0.5, seed=seed))), columns=8)
+    generated = make_grid(list(pipe.generate(prompts, seed)), columns=8)   # the model's own sampling
     _, test = load_images(artifacts / "prepare", "test")
     real = test[:8]
     pairs = make_grid(list(real) + list(pipe.decode_codes(pipe.encode_images(real))), columns=8)

@@ -67,10 +67,9 @@ def main() -> None:
     import torch
 
     from arm.encode import load_codes
-    from arm.evaluate.world import SplitData
-    from arm.generate import Sampling
+    from arm.evaluate.samples import SplitData
     from arm.model.sequences import editing_sequence
-    from arm.pipeline import Guidance, Pipeline
+    from arm.pipeline import Pipeline
     from arm.world.scene import Scene
     from arm.world.scores import edit_atoms
     from arm.world.texts import Edit
@@ -82,8 +81,9 @@ def main() -> None:
     if not records:
         raise SystemExit(f"no validation edits in {args.prepare}: this needs world data (arm prepare)")
     sources = data.images([r["source_image"] for r in records])
-    edited = pipe.edit(sources, [r["text"] for r in records], Guidance(args.guidance, args.image_guidance),
-                       Sampling(args.temperature, 0, seed=0))
+    sampling = pipe.sampling.overridden(edit_guidance=args.guidance, edit_image_guidance=args.image_guidance,
+                                        temperature=args.temperature, top_k=0)
+    edited = pipe.edit(sources, [r["text"] for r in records], 0, sampling)
     sampled: dict[str, Counter] = defaultdict(Counter)
     for r, image in zip(records, edited):
         met, total, kept, kept_total = edit_atoms(Scene.from_dict(r["meta"]["scene"]),

@@ -85,7 +85,8 @@ def main() -> None:
     from arm.model.backbone import build_causal_lm
     from arm.model.train import next_token_loss
     from arm.model.vocab import Vocab
-    from arm.pretrain import backbone_kwargs, load_unified_model
+    from arm.model.saved import load_unified_model
+    from arm.model.stage import backbone_kwargs
     from arm.text_tokenizer import SPECIAL_TOKENS
 
     device = torch.device(args.device)

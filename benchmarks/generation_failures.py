@@ -41,9 +41,8 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/generation_failures.json")
     args = parser.parse_args()
 
-    from arm.evaluate.world import SplitData
-    from arm.generate import Sampling
-    from arm.pipeline import Guidance, Pipeline
+    from arm.evaluate.samples import SplitData
+    from arm.pipeline import Pipeline
     from arm.world.scores import generation_pass
     from arm.world.texts import GenSpec
     from arm.world.verifier import parse
@@ -59,8 +58,8 @@ def main() -> None:
         for category, chosen in by_category.items():
             if not chosen:
                 continue
-            images = pipe.generate([r["text"] for r in chosen], Guidance(scale, 1.0),
-                                   Sampling(args.temperature, 0, seed=0))
+            sampling = pipe.sampling.overridden(generation_guidance=scale, temperature=args.temperature, top_k=0)
+            images = pipe.generate([r["text"] for r in chosen], 0, sampling)
             outcomes: Counter = Counter()
             passed = 0
             for r, image in zip(chosen, images):

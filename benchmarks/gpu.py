@@ -52,7 +52,7 @@ from arm.config import load_config  # noqa: E402
 from arm.model.backbone import build_causal_lm  # noqa: E402
 from arm.model.sequences import IGNORE, generation_prefix  # noqa: E402
 from arm.model.vocab import EOI, SOI, Vocab  # noqa: E402
-from arm.pretrain import backbone_kwargs  # noqa: E402
+from arm.model.stage import backbone_kwargs  # noqa: E402
 from arm.model.train import compile_blocks  # noqa: E402
 from arm.text_tokenizer import SPECIAL_TOKENS  # noqa: E402
 

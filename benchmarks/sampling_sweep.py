@@ -43,8 +43,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from arm.evaluate.stats import paired_difference_ci, record_of
-    from arm.evaluate.world import EvalSettings, Samples, SplitData, evaluate_editing, evaluate_generation
-    from arm.pipeline import Guidance, Pipeline
+    from arm.evaluate.samples import EvalSettings, Samples, SplitData
+    from arm.evaluate.world import evaluate_editing, evaluate_generation
+    from arm.pipeline import Pipeline
 
     pipe = Pipeline.load(args.model, args.tokenizer)
     data = SplitData(args.prepare, "val")
@@ -54,8 +55,9 @@ def main() -> None:
         runs = []
         for seed in args.seeds:
             samples = Samples()
-            task(pipe, data, EvalSettings(limit=args.limit, guidance=Guidance(scale, image_scale),
-                                          temperature=temperature, top_k=top_k, seed=seed), samples)
+            sampling = pipe.sampling.overridden(generation_guidance=scale, edit_guidance=scale,
+                                                edit_image_guidance=image_scale, temperature=temperature, top_k=top_k)
+            task(pipe, data, EvalSettings(limit=args.limit, seed=seed, sampling=sampling), samples)
             runs.append({s["item"]: s["value"] for s in samples.scores if s["metric"] == metric})
         return {item: sum(r[item] for r in runs) / len(runs) for item in runs[0]}
 

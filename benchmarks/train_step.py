@@ -39,10 +39,11 @@ def measure(config: str, steps: int, overrides: list[str]) -> dict:
 
     from arm.config import load_config
     from arm.model.backbone import build_causal_lm
-    from arm.model.data import DESCRIBE, TaskRecords
+    from arm.model.data import TaskRecords
+    from arm.model.sequences import DESCRIBE
     from arm.model.train import attention_mask_for, next_token_loss, target_loss
     from arm.model.vocab import Vocab
-    from arm.pretrain import backbone_kwargs, training_batches
+    from arm.model.stage import backbone_kwargs, training_batches
     from arm.text_tokenizer import load_tokenizer
 
     cfg = load_config(config, overrides)

@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/understanding_failures.json")
     args = parser.parse_args()
 
-    from arm.evaluate.world import SplitData
+    from arm.evaluate.samples import SplitData
     from arm.generate import Sampling
     from arm.pipeline import Pipeline
     from arm.world.scores import answer_correct

@@ -19,7 +19,7 @@ import base64
 import io
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import bentoml
 from annotated_types import Ge, Le
@@ -80,13 +80,11 @@ class ARMModel:
         return [[_png_b64(im) for im in images] for images in results]
 
     @bentoml.api
-    def edit_one(self, image_png: str, instruction: str, text_guidance: float, image_guidance: float,
+    def edit_one(self, image_png: str, instruction: str, text_guidance: float | None, image_guidance: float | None,
                  seed: int) -> str:
-        from arm.generate import Sampling
-        from arm.pipeline import Guidance
-
-        edited = self.pipe.edit(_from_b64(image_png)[None], [instruction], Guidance(text_guidance, image_guidance),
-                                Sampling(temperature=0.5, seed=seed))
+        """None: the model's own guidance (its sampling.json)."""
+        sampling = self.pipe.sampling.overridden(edit_guidance=text_guidance, edit_image_guidance=image_guidance)
+        edited = self.pipe.edit(_from_b64(image_png)[None], [instruction], seed, sampling)
         return _png_b64(edited[0])
 
     @bentoml.api
@@ -147,11 +145,11 @@ class ARM:
     async def generate(
         self,
         prompt: str = "a large red circle at the center",
-        # Defaults are GenerationRequest's, so the HTTP API and Python callers sample alike.
+        # Sampling left out (null) is the served model's own, its sampling.json: as `arm generate` samples.
         num_images: Annotated[int, Ge(1), Le(8)] = GenerationRequest.num_images,
-        guidance_scale: Annotated[float, Ge(0), Le(20)] = GenerationRequest.guidance_scale,
-        temperature: Annotated[float, Ge(0), Le(5)] = GenerationRequest.temperature,
-        top_k: Annotated[int, Ge(0), Le(100_000)] = GenerationRequest.top_k,
+        guidance_scale: Optional[Annotated[float, Ge(0), Le(20)]] = None,
+        temperature: Optional[Annotated[float, Ge(0), Le(5)]] = None,
+        top_k: Optional[Annotated[int, Ge(0), Le(100_000)]] = None,
         seed: Annotated[int, Ge(0), Le(2**31 - 1)] = GenerationRequest.seed,
     ) -> Image.Image:
         """Text -> PNG (several images side by side when num_images > 1). The same seed gives the same
@@ -168,15 +166,16 @@ class ARM:
         self,
         image: Path,
         instruction: str = "make the circle blue",
-        text_guidance: Annotated[float, Ge(0), Le(20)] = 2.5,   # as the evaluation edits (configs/default.yaml)
-        image_guidance: Annotated[float, Ge(0), Le(20)] = 1.0,
+        text_guidance: Optional[Annotated[float, Ge(0), Le(20)]] = None,   # null: the model's own
+        image_guidance: Optional[Annotated[float, Ge(0), Le(20)]] = None,
         seed: Annotated[int, Ge(0), Le(2**31 - 1)] = 0,
     ) -> Image.Image:
         """Source image + instruction -> edited PNG (at the model's image size)."""
         try:
             instruction = check_text(instruction, "instruction")
-            check_range(text_guidance, "text_guidance", 0, 20)
-            check_range(image_guidance, "image_guidance", 0, 20)
+            for value, name in ((text_guidance, "text_guidance"), (image_guidance, "image_guidance")):
+                if value is not None:
+                    check_range(value, name, 0, 20)
         except RequestError as e:
             raise _bad_request(e)
         source = await self._read(image)

@@ -37,10 +37,9 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 from prefect import flow, get_run_logger, task  # noqa: E402
 
 from arm.data.versioning import dvc_executable, ensure_data  # noqa: E402
+from arm.stages import NAMES as STAGES  # noqa: E402  (in lifecycle order: arm/stages.py)
 
 REPO = Path(__file__).resolve().parents[1]
-# In lifecycle order; each is a DVC stage, an `arm` subcommand and a config section.
-STAGES = ("prepare", "tokenizer", "encode", "pretrain", "rl", "evaluate", "package")
 
 
 class StageFailed(RuntimeError):
@@ -133,7 +132,7 @@ def lifecycle(stages: list[str] | None = None, config: str | None = None, overri
     config: a preset (default: the one params.yaml names); overrides: `section.key=value` items. Either
     makes the stages a DVC experiment that records them.
 
-    >>> # lifecycle(stages=["prepare", "tokenizer"], overrides=["tokenizer.max_steps=500"])
+        lifecycle(stages=["prepare", "tokenizer"], overrides=["tokenizer.max_steps=500"])
     """
     stages = list(stages or STAGES)
     unknown = [s for s in stages if s not in STAGES]
@@ -155,28 +154,11 @@ def lifecycle(stages: list[str] | None = None, config: str | None = None, overri
     return results
 
 
-HEADLINE = (("gen/acc", "generation accuracy"), ("gen/knowledge_heldout", "knowledge score, held-out things"),
-            ("edit/g_sc", "edit G_SC"), ("edit/g_pq", "edit G_PQ"), ("edit/g_o", "edit G_O"),
-            ("und/acc", "understanding accuracy"), ("tok/psnr", "tokenizer PSNR (dB)"),
-            ("tok/exact_recovery", "tokenizer exact scene recovery"))
-
-
 def scores_markdown(repo: str) -> str | None:
     """The evaluation's headline scores with their 95% intervals, as a markdown table (None if absent)."""
-    import json
+    from arm.evaluate.summary import folder_scores_table
 
-    folder = Path(repo) / "artifacts" / "evaluate"
-    if not (folder / "metrics.json").is_file():
-        return None
-    metrics = json.loads((folder / "metrics.json").read_text())
-    intervals = json.loads((folder / "scores.json").read_text()) if (folder / "scores.json").is_file() else {}
-    rows = ["| score | test | 95% interval | n |", "| --- | --- | --- | --- |"]
-    for key, label in HEADLINE:
-        if key in metrics:
-            ci = intervals.get(key)
-            span = f"[{ci['low']:.3f}, {ci['high']:.3f}]" if ci else "-"
-            rows.append(f"| {label} (`{key}`) | {metrics[key]:.3f} | {span} | {ci['n'] if ci else '-'} |")
-    return "\n".join(rows)
+    return folder_scores_table(Path(repo) / "artifacts" / "evaluate")
 
 
 @task(name="publish-scores")

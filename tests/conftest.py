@@ -136,7 +136,7 @@ def tiny_overrides(tiny_world: Path, artifacts: Path, *extra: str) -> list[str]:
 def pretrained_stages(tmp_path_factory, tiny_world, encoded_stages) -> Path:
     """The tiny encoded stages plus a tiny `pretrain`, once per session (read-only: copy before writing)."""
     from arm.config import load_config
-    from arm.pretrain import pretrain_stage
+    from arm.model.stage import pretrain_stage
 
     root = tmp_path_factory.mktemp("pretrained")
     for stage in ("prepare", "tokenizer", "encode"):

@@ -54,7 +54,7 @@ def test_plain_checkpoints_load_as_the_library_class(pretrained):
 def test_image_rows_are_initialised_only_where_the_checkpoint_lacks_them(pretrained, tmp_path):
     """A text LM gets tokenizer-initialised image rows; a unified model trained further keeps its own."""
     from arm.model.vocab import Vocab
-    from arm.pretrain import image_rows_pretrained
+    from arm.model.stage import image_rows_pretrained
 
     folder, _ = pretrained
     vocab = Vocab(TEXT_ROWS, CODES)
@@ -78,7 +78,7 @@ def test_padded_checkpoint_rows_past_its_tokenizer_start_as_new_rows(tmp_path):
     image codes, whose ids land on them, must start as new rows (mean resizing over the 40 trained rows)
     and the image rows must count as untrained, so that pretrain initialises them from the tokenizer."""
     from arm.model.vocab import SOI, Vocab
-    from arm.pretrain import image_rows_pretrained
+    from arm.model.stage import image_rows_pretrained
     from arm.text_tokenizer import SPECIAL_TOKENS, add_special_tokens
 
     tokens, padded, codes = 40, 64, 30

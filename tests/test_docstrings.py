@@ -27,3 +27,23 @@ def test_benchmark_docstring_examples_run(name, monkeypatch):
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS, verbose=False)
     assert result.attempted > 0 and result.failed == 0, f"{result.failed} docstring example(s) of {name} failed"
+
+
+def test_no_example_is_commented_out():
+    """An example is run or it is a plain usage block: `>>> #` hides an example from doctest, so it rots."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    hidden = [f"{path.relative_to(root)}:{number}" for folder in ("arm", "flows", "bentos")
+              for path in sorted((root / folder).rglob("*.py"))
+              for number, line in enumerate(path.read_text().splitlines(), 1) if line.lstrip().startswith(">>> #")]
+    assert not hidden, f"commented-out docstring examples: {hidden}"
+
+
+def test_every_package_has_running_examples():
+    """Each subpackage of arm (the world, the model, the tokenizer, RL, evaluation, data) runs some."""
+    packages = {name.rsplit(".", 1)[0] for name in MODULES if name.startswith("arm.") and name.count(".") == 2}
+    for package in sorted(packages):
+        attempted = sum(doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS).attempted
+                        for name in MODULES if name.startswith(package + "."))
+        assert attempted > 0, f"no docstring example of {package} runs"

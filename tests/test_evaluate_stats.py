@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from arm.evaluate.stats import difference_ci, mean_ci, paired_difference_ci
-from arm.evaluate.world import Samples, summarise
+from arm.evaluate.samples import Samples, summarise
 
 
 def test_interval_brackets_the_mean_and_narrows_with_more_samples():

@@ -8,8 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from arm.generate import Sampling
-from arm.pipeline import Guidance, Pipeline
+from arm.pipeline import Pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -32,14 +31,14 @@ def pipe(trained):
 
 
 def test_pipeline_runs_all_three_tasks_on_pixels_and_strings(pipe):
-    images = pipe.generate(["a red circle", "a small blue square at the top left"], Guidance(scale=2.0),
-                           Sampling(seed=0))
+    images = pipe.generate(["a red circle", "a small blue square at the top left"], seed=0)
     assert images.shape == (2, 64, 64, 3) and images.dtype == np.uint8
-    again = pipe.generate(["a red circle", "a small blue square at the top left"], Guidance(scale=2.0),
-                          Sampling(seed=0))
+    again = pipe.generate(["a red circle", "a small blue square at the top left"], seed=0)
     np.testing.assert_array_equal(images, again)  # seeded
+    # Image i draws with seed + i: the second image alone, at seed 1, is the same image.
+    np.testing.assert_array_equal(pipe.generate(["a small blue square at the top left"], seed=1)[0], images[1])
 
-    edited = pipe.edit(images, ["make the circle blue", "remove the square"], Guidance(2.0, 1.5), Sampling(seed=1))
+    edited = pipe.edit(images, ["make the circle blue", "remove the square"], seed=1)
     assert edited.shape == images.shape
     answers = pipe.understand(images, ["what color is the circle?", "describe the image."])
     assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
@@ -67,7 +66,7 @@ def test_pipeline_batches_like_one_call(pipe):
     near and exact ties between codes, which then break the other way on some machines. A mistake of
     the batching (padding, positions, rows mixed up) shows as codes the prompt alone would not choose."""
     prompts = [f"a {c} circle" for c in ("red", "green", "blue", "yellow", "purple")]
-    codes = pipe.generate_codes(prompts, Guidance(scale=1.0), Sampling(temperature=0.0))
+    codes = pipe.generate_codes(prompts, sampling=pipe.sampling.overridden(generation_guidance=1.0, temperature=0.0))
     assert codes.shape == (5, 64) and codes.max() < pipe.info.codebook_size and codes.min() >= 0
     for prompt, row in zip(prompts, codes):
         assert greedy_gaps(pipe, prompt, row).max() <= 1e-5, prompt
@@ -81,13 +80,14 @@ def test_describe_first_answers_after_the_models_own_description(pipe):
     text-only questions have no description."""
     from dataclasses import replace
 
-    from arm.model.data import DESCRIBE
+    from arm.model.sequences import DESCRIBE
     from arm.model.sequences import understanding_turns_prefix
 
     describer = Pipeline(pipe.model, replace(pipe.info, describe_first=True), pipe.text_tokenizer, pipe.visual,
-                         batch_size=2)
-    direct = Pipeline(pipe.model, replace(pipe.info, describe_first=False), pipe.text_tokenizer, pipe.visual)
-    images = pipe.generate(["a red circle", "a blue square", "a green triangle"], Guidance(scale=2.0), Sampling(seed=0))
+                         pipe.sampling, batch_size=2)
+    direct = Pipeline(pipe.model, replace(pipe.info, describe_first=False), pipe.text_tokenizer, pipe.visual,
+                      pipe.sampling)
+    images = pipe.generate(["a red circle", "a blue square", "a green triangle"], seed=0)
     codes = pipe.encode_images(images)
     questions = ["what color is the circle?", DESCRIBE, "how many squares are there?"]
     explained = describer.explain_codes(codes, questions)
@@ -131,7 +131,8 @@ def test_pipeline_names_the_expected_image_shape(pipe):
 
 
 def test_world_evaluation_scores_every_task(trained, pipe):
-    from arm.evaluate.world import EvalSettings, evaluate_split
+    from arm.evaluate.samples import EvalSettings
+    from arm.evaluate.world import evaluate_split
 
     metrics, samples = evaluate_split(pipe, trained.stage_dir("prepare"), "test", EvalSettings(limit=4))
     for key in ("und/acc", "gen/acc", "edit/g_sc", "edit/g_pq", "edit/g_o"):
@@ -144,21 +145,33 @@ def test_world_evaluation_scores_every_task(trained, pipe):
     assert all(math.isfinite(v) for v in metrics.values())
 
 
-def test_generation_is_scored_at_its_own_guidance_scale(trained, pipe):
-    """evaluate.generation_guidance_scale samples generation at its scale; editing keeps guidance_scale."""
-    from arm.evaluate.world import EvalSettings, Samples, SplitData, evaluate_generation
+def test_evaluation_samples_with_the_models_own_sampling(trained, pipe):
+    """The evaluation draws generation and edits as the model's sampling.json says (the pretrain stage
+    wrote the config's `sampling` section there), unless its settings name another sampling."""
+    import json
 
+    from arm.evaluate.samples import EvalSettings, Samples, SplitData
+    from arm.evaluate.world import evaluate_editing, evaluate_generation
+
+    saved = json.loads((trained.stage_dir("pretrain") / "sampling.json").read_text())
+    assert saved == {k: getattr(trained.sampling, k) for k in saved} and pipe.sampling == trained.sampling
     data = SplitData(trained.stage_dir("prepare"), "test")
     prompts = [r["text"] for r in data.task("t2i", 3)]
-    settings = EvalSettings(limit=3, guidance=Guidance(3.0, 1.5), generation_guidance_scale=2.0, temperature=1.0)
     samples = Samples()
-    evaluate_generation(pipe, data, settings, samples)
+    evaluate_generation(pipe, data, EvalSettings(limit=3), samples)
     scored = [s["image"] for s in samples.generation]
-    at_two = pipe.generate(prompts, Guidance(2.0, 1.5), Sampling(1.0, 0, seed=0))
-    at_three = pipe.generate(prompts, Guidance(3.0, 1.5), Sampling(1.0, 0, seed=0))
-    assert all(np.array_equal(a, b) for a, b in zip(scored, at_two))
-    assert not all(np.array_equal(a, b) for a, b in zip(scored, at_three))
-    assert EvalSettings(guidance=Guidance(3.0, 1.5)).generation_guidance == Guidance(3.0, 1.5)
+    assert all(np.array_equal(a, b) for a, b in zip(scored, pipe.generate(prompts, seed=0)))
+    other = pipe.sampling.overridden(generation_guidance=pipe.sampling.generation_guidance + 1.0)
+    elsewhere = pipe.generate(prompts, seed=0, sampling=other)
+    assert not all(np.array_equal(a, b) for a, b in zip(scored, elsewhere))
+    overridden = Samples()
+    evaluate_generation(pipe, data, EvalSettings(limit=3, sampling=other), overridden)
+    assert all(np.array_equal(s["image"], b) for s, b in zip(overridden.generation, elsewhere))
+    edits = data.task("edit", 2)
+    evaluate_editing(pipe, data, EvalSettings(limit=2), samples)
+    sources = data.images([r["source_image"] for r in edits])
+    expected = pipe.edit(sources, [r["text"] for r in edits], seed=0)
+    assert all(np.array_equal(s["image"], e) for s, e in zip(samples.editing, expected))
 
 
 def test_training_writes_sample_grids_to_tensorboard(trained):

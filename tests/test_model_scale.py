@@ -10,7 +10,7 @@ import pytest
 from arm.config import load_config
 from arm.model.backbone import build_causal_lm, count_parameters
 from arm.model.vocab import SOI, Vocab
-from arm.pretrain import backbone_kwargs
+from arm.model.stage import backbone_kwargs
 
 QWEN25_TEXT_ROWS = 152_064        # Qwen2.5-7B's (padded) embedding rows
 QWEN25_TOKENIZER = 151_665        # tokens its tokenizer.json defines

@@ -77,7 +77,7 @@ def run_lifecycle(data: Path, artifacts: Path, preset: str = "configs/default.ya
     from arm.encode import encode_stage
     from arm.evaluate.stage import evaluate_stage
     from arm.prepare import prepare
-    from arm.pretrain import pretrain_stage
+    from arm.model.stage import pretrain_stage
     from arm.rl.stage import rl_stage
     from arm.tokenizer.stage import tokenizer_stage
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from arm.model.backbone import build_causal_lm, load_causal_lm
-from arm.model.positions import image_cell_indices, token_positions, uses_image_positions
+from arm.model.positions import ImagePositions, image_cell_indices, token_positions, uses_image_positions
 
 SOI, EOI, OFFSET, CODES = 3, 4, 10, 20
 
@@ -27,7 +27,7 @@ def test_image_positions_survive_save_and_load(tmp_path):
     assert model.row_embedding.weight.grad.abs().sum() > 0 and model.col_embedding.weight.grad.abs().sum() > 0
     model.save_pretrained(tmp_path)
     loaded = load_causal_lm(tmp_path)
-    assert uses_image_positions(loaded) and loaded.config.arm_image_positions == positions
+    assert uses_image_positions(loaded) and ImagePositions.of(loaded) == ImagePositions.from_dict(positions)
     torch.testing.assert_close(loaded.row_embedding.weight, model.row_embedding.weight)
     torch.testing.assert_close(loaded(input_ids=ids).logits, logits.detach())
 

@@ -88,7 +88,7 @@ def _run(preset: str, data: Path, artifacts: Path, *extra: str) -> dict:
     from arm.encode import encode_stage
     from arm.evaluate.stage import evaluate_stage
     from arm.prepare import prepare
-    from arm.pretrain import pretrain_stage
+    from arm.model.stage import pretrain_stage
     from arm.rl.stage import rl_stage
     from arm.tokenizer.stage import tokenizer_stage
 

@@ -11,7 +11,8 @@ import torch
 from arm.generate import Engine, Sampling
 from arm.model.sequences import generation_sequence
 from arm.model.vocab import SOI, Vocab
-from arm.pretrain import load_unified_model, pretrain_stage
+from arm.model.saved import load_unified_model
+from arm.model.stage import pretrain_stage
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +41,7 @@ def test_image_embeddings_start_from_the_tokenizer_codes(encoded):
     scaled like the text rows, and leave the text rows alone; the same seed gives the same rows."""
     from arm.config import load_config
     from arm.model.backbone import build_causal_lm
-    from arm.pretrain import backbone_kwargs, init_image_embeddings
+    from arm.model.stage import backbone_kwargs, init_image_embeddings
     from arm.tokenizer.model import VisualTokenizer
 
     cfg = load_config("configs/default.yaml", [f"run.artifacts_dir={encoded.artifacts}", *TINY,

@@ -82,7 +82,8 @@ def test_pretrained_lm_keeps_its_tokenizer_and_its_text(text_lm, tiny_world, enc
     from arm.config import load_config
     from arm.encode import encode_stage
     from arm.prepare import prepare
-    from arm.pretrain import load_unified_model, pretrain_stage
+    from arm.model.saved import load_unified_model
+    from arm.model.stage import pretrain_stage
     from arm.text_tokenizer import SPECIAL_TOKENS, load_tokenizer
 
     folder, held_rows, before = text_lm
@@ -118,7 +119,7 @@ def test_pretrain_refuses_a_text_side_that_is_not_the_checkpoints(text_lm, encod
     """A prepare run by hand with the data's own BPE: the checkpoint's rows would be read for the wrong
     tokens; pretrain says which setting fixes it."""
     from arm.config import load_config
-    from arm.pretrain import pretrain_stage
+    from arm.model.stage import pretrain_stage
 
     folder, _, _ = text_lm
     cfg = load_config("configs/default.yaml", tiny_overrides(

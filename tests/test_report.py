@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from arm.evaluate.report import render_report
-from arm.evaluate.world import Samples, summarise
+from arm.evaluate.samples import Samples, summarise
 
 BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
 

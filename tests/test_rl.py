@@ -41,7 +41,7 @@ def _weights(folder):
 def test_code_logprobs_match_a_full_forward_of_each_sequence_alone(pretrained):
     from arm.config import load_config
     from arm.model.vocab import SOI, T2I
-    from arm.pretrain import load_unified_model
+    from arm.model.saved import load_unified_model
     from arm.rl.objective import token_logprobs
     from arm.rl.train import code_logprobs
 
@@ -67,7 +67,7 @@ def test_code_logprobs_match_a_full_forward_of_each_sequence_alone(pretrained):
 def test_rl_stage_trains_and_writes_a_model_the_pipeline_loads(pretrained, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from arm.pipeline import Guidance, Pipeline
+    from arm.pipeline import Pipeline
     from arm.rl.stage import rl_stage
 
     cfg = _config(pretrained, f"rl.out_dir={tmp_path / 'rl'}", f"run.log_dir={tmp_path / 'logs'}")
@@ -79,7 +79,8 @@ def test_rl_stage_trains_and_writes_a_model_the_pipeline_loads(pretrained, tmp_p
     before, after = _weights(cfg.stage_dir("pretrain")), _weights(out)
     assert any(not torch.equal(before[k], after[k]) for k in before), "RL left the weights unchanged"
     pipe = Pipeline.load(out, cfg.stage_dir("tokenizer"))
-    images = pipe.generate(["a small red circle"], Guidance(scale=1.0))
+    assert pipe.sampling == cfg.sampling      # the rl stage saved its config's sampling beside the model
+    images = pipe.generate(["a small red circle"])
     assert images.shape == (1, 64, 64, 3)
     events = EventAccumulator(str(tmp_path / "logs" / "rl-rl")).Reload()
     scalars = set(events.Tags()["scalars"])

@@ -6,7 +6,7 @@
       images/<split>-<k>.npz     "keys" (N,) str, "pixels" (N, S, S, 3) uint8
       summary.json               counts, skips by reason, vocabulary size
 
->>> # load_images("artifacts/prepare", "train") -> (keys, pixels)
+    load_images("artifacts/prepare", "train") -> (keys, pixels)
 """
 
 from __future__ import annotations

@@ -14,9 +14,9 @@ from collections import defaultdict
 from pathlib import Path
 
 from arm.evaluate.stats import difference_ci, paired_difference_ci, record_of
+from arm.evaluate.summary import WORLD_HEADLINE
 
-HEADLINE = ("gen/acc", "gen/knowledge_seen", "gen/knowledge_heldout", "edit/g_sc", "edit/g_pq", "edit/g_o",
-            "und/acc", "und/text_knowledge_seen", "und/text_knowledge_heldout")
+HEADLINE = WORLD_HEADLINE
 
 
 def load_per_sample(folder: str | Path) -> dict[str, list[tuple[str | None, float]]]:

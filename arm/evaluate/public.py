@@ -396,21 +396,21 @@ def write_gedit_layout(out: Path, records: list[dict], sources: list[np.ndarray]
 # Running them with a pipeline
 
 
-def run_geneval(pipe, metadata: str | Path, out: str | Path, images_per_prompt: int = 4, guidance=None,
+def run_geneval(pipe, metadata: str | Path, out: str | Path, images_per_prompt: int = 4, seed: int = 0,
                 sampling=None) -> Path:
     records = read_geneval_metadata(metadata)
-    images = pipe.generate([r["prompt"] for r in records for _ in range(images_per_prompt)], guidance, sampling)
+    images = pipe.generate([r["prompt"] for r in records for _ in range(images_per_prompt)], seed, sampling)
     grouped = [list(images[i * images_per_prompt:(i + 1) * images_per_prompt]) for i in range(len(records))]
     return write_geneval(records, grouped, out)
 
 
-def run_wise(pipe, checkout: str | Path, judge, out: str | Path, guidance=None, sampling=None,
+def run_wise(pipe, checkout: str | Path, judge, out: str | Path, seed: int = 0, sampling=None,
              version: str = "auto") -> dict:
     """Generate WISE's prompts, save them as `images/<prompt_id>.png` (its scripts' layout), judge them
     with the prompt read from the checkout's evaluation script, and write `wise.json`."""
     setup = wise_setup(checkout, version)
     prompts = read_wise_prompts(setup.prompt_files)
-    images = pipe.generate([p["prompt"] for p in prompts], guidance, sampling)
+    images = pipe.generate([p["prompt"] for p in prompts], seed, sampling)
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     for p, image in zip(prompts, images):
@@ -420,7 +420,7 @@ def run_wise(pipe, checkout: str | Path, judge, out: str | Path, guidance=None, 
     return result
 
 
-def run_gedit(pipe, dataset: str | Path, prompts_checkout: str | Path, judge, out: str | Path, guidance=None,
+def run_gedit(pipe, dataset: str | Path, prompts_checkout: str | Path, judge, out: str | Path, seed: int = 0,
               sampling=None, language: str | None = "en") -> dict:
     """Edit GEdit-Bench's sources (its released dataset folder), save them in its layout, judge them with
     the VIEScore prompts of the Step1X-Edit checkout, and write `gedit.json`."""
@@ -432,7 +432,7 @@ def run_gedit(pipe, dataset: str | Path, prompts_checkout: str | Path, judge, ou
         raise ValueError(f"no GEdit-Bench records in language {language!r} in {dataset}")
     originals = [np.asarray(to_rgb(r["source"])) for r in records]
     model_inputs = np.stack([square_rgb(r["source"], pipe.image_size) for r in records])
-    edited = pipe.edit(model_inputs, [r["instruction"] for r in records], guidance, sampling)
+    edited = pipe.edit(model_inputs, [r["instruction"] for r in records], seed, sampling)
     write_gedit_layout(Path(out), records, originals, list(edited))
     result = score_gedit(prompts, records, originals, list(edited), judge, language)
     (Path(out) / "gedit.json").write_text(json.dumps(result, indent=2) + "\n")

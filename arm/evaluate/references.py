@@ -21,8 +21,8 @@ from collections import Counter
 
 import numpy as np
 
-from arm.generate import Sampling
-from arm.model.data import DESCRIBE
+from arm.evaluate.samples import generated_images, values_since
+from arm.model.sequences import DESCRIBE
 
 # A pixel counts as kept by the edit when no channel of the target moved more than this from the source.
 KEPT_TOLERANCE = 12
@@ -70,15 +70,13 @@ def kept_mask(source: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 def evaluate_understanding(pipe, data, settings, samples) -> dict:
     """Questions, captions and text questions without world meta, against their reference answers."""
-    from arm.evaluate.world import _values
-
     first = len(samples.scores)
     records = data.reference_task("vqa", settings.limit) + data.reference_task("caption", settings.limit)
     text = data.reference_task("text", settings.limit)
     if records:
         images = data.images([r["image"] for r in records])
         questions = [r["text"] if r["task"] == "vqa" else DESCRIBE for r in records]
-        explained = pipe.explain(images, questions, sampling=Sampling(temperature=0.0))
+        explained = pipe.explain(images, questions)
         for r, image, q, (prediction, description) in zip(records, images, questions, explained):
             reference = r["answer"] if r["task"] == "vqa" else r["text"]
             right = exact_match(prediction, reference)
@@ -87,25 +85,22 @@ def evaluate_understanding(pipe, data, settings, samples) -> dict:
             samples.understanding.append({"image": image, "question": q, "answer": reference,
                                           "prediction": prediction, "correct": right, "description": description})
     if text:
-        predictions = pipe.understand(None, [r["text"] for r in text], sampling=Sampling(temperature=0.0))
+        predictions = pipe.understand(None, [r["text"] for r in text])
         for prediction, r in zip(predictions, text):
             samples.add("und/exact_match", "text", exact_match(prediction, r["answer"]), r["id"])
             samples.add("und/token_f1", "text", token_f1(prediction, r["answer"]), r["id"])
-    return _values(samples, first)
+    return values_since(samples, first)
 
 
 def evaluate_editing(pipe, data, settings, samples) -> dict:
     """Edits without world meta: PSNR to the target, and to the source where the target kept it."""
-    from arm.evaluate.world import _values
-
     records = data.reference_task("edit", settings.limit)
     if not records:
         return {}
     first = len(samples.scores)
     sources = data.images([r["source_image"] for r in records])
     targets = data.images([r["target_image"] for r in records])
-    edited = pipe.edit(sources, [r["text"] for r in records], settings.guidance,
-                       Sampling(settings.temperature, settings.top_k, seed=settings.seed))
+    edited = pipe.edit(sources, [r["text"] for r in records], settings.seed, settings.sampling)
     for r, source, target, image in zip(records, sources, targets, edited):
         to_target = psnr(image, target)
         kept = psnr(image, source, kept_mask(source, target))
@@ -115,7 +110,7 @@ def evaluate_editing(pipe, data, settings, samples) -> dict:
         samples.editing.append({"source": source, "instruction": r["text"], "image": image, "target": target,
                                 "scores": f"to target {to_target:.1f} dB"
                                           + (f" · kept {kept:.1f} dB" if kept is not None else "")})
-    out = _values(samples, first)
+    out = values_since(samples, first)
     out["edit/count"] = len(records)
     return out
 
@@ -123,8 +118,6 @@ def evaluate_editing(pipe, data, settings, samples) -> dict:
 def evaluate_generation(pipe, data, settings, samples, judge=None) -> dict:
     """Prompts without world meta: `samples_per_prompt` images each (kept in `samples.generation` for the
     grids and the stage's FID); with `judge`, whether each image shows its prompt (`gen/agreement`)."""
-    from arm.evaluate.world import _values, generated_images
-
     records = data.reference_task("t2i", settings.limit)
     if not records:
         return {}
@@ -136,6 +129,6 @@ def evaluate_generation(pipe, data, settings, samples, judge=None) -> dict:
             samples.add("gen/agreement", None, agreed, item)
         samples.generation.append({"prompt": r["text"], "image": image, "passed": agreed, "reference": True,
                                    "verdict": None if agreed is None else ("shows it" if agreed else "does not")})
-    out = _values(samples, first)
+    out = values_since(samples, first)
     out["gen/count"] = len(images)
     return out

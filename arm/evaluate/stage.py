@@ -58,7 +58,7 @@ def agreement_judge(cfg: ArmConfig, splits: dict):
     training split's text-to-image pairs that the world's verifier does not score; None when no
     evaluated split has such prompts (the world alone) or `evaluate.agreement_train_images` is 0."""
     from arm.evaluate.agreement import fit_judge
-    from arm.evaluate.world import SplitData
+    from arm.evaluate.samples import SplitData
 
     limit = cfg.evaluate.agreement_train_images
     prompts = [r["text"] for data in splits.values() for r in data.reference_task("t2i", cfg.evaluate.limit)]
@@ -110,15 +110,15 @@ def evaluate_stage(cfg: ArmConfig) -> dict:
 
     from arm.evaluate.report import render_report, write_tensorboard
     from arm.evaluate.stats import Estimate
-    from arm.evaluate.world import EvalSettings, Samples, SplitData, evaluate_all, summarise
-    from arm.pipeline import Guidance, Pipeline
+    from arm.evaluate.samples import EvalSettings, Samples, SplitData, summarise
+    from arm.evaluate.world import evaluate_all
+    from arm.pipeline import Pipeline
 
     e = cfg.evaluate
     started = time.monotonic()
     pipe = Pipeline.load(cfg.model_dir(e.model), cfg.stage_dir("tokenizer"), batch_size=e.batch_size)
-    settings = EvalSettings(limit=e.limit, samples_per_prompt=e.samples_per_prompt,
-                            guidance=Guidance(e.guidance_scale, e.image_guidance_scale), temperature=e.temperature,
-                            top_k=e.top_k, seed=e.seed, generation_guidance_scale=e.generation_guidance_scale)
+    settings = EvalSettings(limit=e.limit, samples_per_prompt=e.samples_per_prompt, seed=e.seed)
+    s = pipe.sampling  # the model's own, from its sampling.json
     out = cfg.stage_dir("evaluate")
     metrics: dict[str, float] = {}
     intervals: dict[str, dict] = {}
@@ -164,9 +164,10 @@ def evaluate_stage(cfg: ArmConfig) -> dict:
     with open(out / "per_sample.jsonl", "w", encoding="utf-8") as f:  # for `arm evaluate --compare`
         f.writelines(json.dumps(row, sort_keys=True) + "\n" for row in per_sample)
     meta = {"model": str(cfg.model_dir(e.model)), "tokenizer": str(cfg.stage_dir("tokenizer")),
-            "guidance": f"generation {settings.generation_guidance.scale}; editing: text {e.guidance_scale}, "
-                        f"image {e.image_guidance_scale}",
-            "sampling": f"temperature {e.temperature}, top-k {e.top_k or 'off'}, seed {e.seed}",
+            "guidance": f"generation {s.generation_guidance}; editing: text {s.edit_guidance}, "
+                        f"image {s.edit_image_guidance}",
+            "sampling": f"the model's sampling.json: temperature {s.temperature}, top-k {s.top_k or 'off'}, "
+                        f"top-p {s.top_p}; image i drawn with seed {e.seed} + i",
             "samples per prompt": e.samples_per_prompt, "intervals": "95% bootstrap, 1,000 resamples"}
     if judge is not None:
         meta["prompt agreement"] = f"{judge.kind} judge trained on {judge.trained_on} training pairs (docs/evaluation.md)"

@@ -14,17 +14,17 @@ from pathlib import Path
 
 import torch
 
-from arm.model.positions import CONFIG_KEY, with_image_positions
+from arm.model.positions import CONFIG_KEY, ImagePositions, with_image_positions
 
 
 def build_causal_lm(arch: str, vocab_size: int, hidden_size: int, num_layers: int, num_heads: int,
                     num_kv_heads: int, intermediate_size: int, max_position_embeddings: int = 4096,
                     rope_theta: float = 10000.0, tie_word_embeddings: bool = False, pretrained_path: str | None = None,
-                    image_positions: dict | None = None, device: str | torch.device | None = None):
+                    image_positions: ImagePositions | dict | None = None, device: str | torch.device | None = None):
     """A causal LM over `vocab_size` ids. With `pretrained_path`, the checkpoint's weights and its own
     sizes are used, and the embedding (and output) rows are extended to `vocab_size`: new rows start at
     the mean of the old ones, the usual way to add tokens without disturbing the model's outputs.
-    With `image_positions` ({grid, image_offset, codebook_size, soi_id}), image tokens also get learned
+    With `image_positions` (`ImagePositions`), image tokens also get learned
     row and column embeddings (`arm.model.positions`)."""
     from transformers import AutoConfig, LlamaConfig, Qwen2Config
 
@@ -90,10 +90,10 @@ def extend_vocabulary(model, vocab_size: int, trained: int) -> None:
         model.resize_token_embeddings(vocab_size, mean_resizing=True)
 
 
-def with_image_positions_setting(config, image_positions: dict | None):
+def with_image_positions_setting(config, image_positions: ImagePositions | dict | None):
     """The config, asking for image row and column embeddings when `image_positions` is given."""
     if image_positions:
-        setattr(config, CONFIG_KEY, dict(image_positions))
+        setattr(config, CONFIG_KEY, ImagePositions.from_dict(image_positions).to_dict())
     return config
 
 

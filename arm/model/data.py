@@ -29,7 +29,6 @@ TASKS = ("t2i", "edit", "vqa", "caption", "text")
 RECORDS_OF = {"read": "vqa"}
 # The tasks whose targets are text about an image or a question: what RL's understanding replay mixes.
 UNDERSTANDING_TASKS = ("vqa", "caption", "text", "read")
-DESCRIBE = "describe the image."
 
 
 def load_codes_by_key(encode_dir: str | Path, split: str) -> dict[str, np.ndarray]:

@@ -33,11 +33,47 @@ count of image ids since the last `<|soi|>`; when decoding one token at a time t
 from __future__ import annotations
 
 import functools
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
 CONFIG_KEY = "arm_image_positions"
+
+
+@dataclass(frozen=True)
+class ImagePositions:
+    """The image-position settings of a model, saved in its `config.json` under `arm_image_positions`.
+
+    >>> settings = ImagePositions(grid=8, image_offset=512, codebook_size=1000, soi_id=3)
+    >>> ImagePositions.from_dict(settings.to_dict()) == settings
+    True
+    """
+
+    grid: int                      # tokens per side of an image span (g x g cells)
+    image_offset: int              # the first image id (text ids and specials come before)
+    codebook_size: int             # image ids are image_offset .. image_offset + codebook_size - 1
+    soi_id: int                    # <|soi|>: an image span starts after it
+    span_stride: int = 0           # positions from one span's <|soi|> to the next's (0: ordinary positions)
+    source_embedding: bool = False  # an edit's target token also reads the source's token for its cell
+
+    @property
+    def cells(self) -> int:
+        return self.grid * self.grid
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, settings: "dict | ImagePositions") -> "ImagePositions":
+        return settings if isinstance(settings, cls) else cls(**settings)
+
+    @classmethod
+    def of(cls, model_or_config) -> "ImagePositions | None":
+        """A model's (or a Hugging Face config's) settings; None for a plain causal LM."""
+        config = getattr(model_or_config, "config", model_or_config)
+        settings = getattr(config, CONFIG_KEY, None)
+        return cls.from_dict(settings) if settings else None
 
 
 def image_cell_indices(ids: torch.Tensor, image_offset: int, codebook_size: int, soi_id: int) -> torch.Tensor:
@@ -87,12 +123,13 @@ class ImagePositionsMixin:
 
     def __init__(self, config, *args, **kwargs):
         super().__init__(config, *args, **kwargs)
-        grid = config.arm_image_positions["grid"]
+        self.image_position_settings = ImagePositions.of(config)
+        grid = self.image_position_settings.grid
         self.row_embedding = nn.Embedding(grid, config.hidden_size)
         self.col_embedding = nn.Embedding(grid, config.hidden_size)
         for table in (self.row_embedding, self.col_embedding):
             nn.init.normal_(table.weight, std=config.initializer_range)
-        if config.arm_image_positions.get("source_embedding"):
+        if self.image_position_settings.source_embedding:
             self.source_projection = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
             nn.init.zeros_(self.source_projection.weight)  # starts as the model without it
 
@@ -103,7 +140,7 @@ class ImagePositionsMixin:
 
     def image_position_embeddings(self, cells: torch.Tensor) -> torch.Tensor:
         """(B, T) cells (-1 = not an image token) -> (B, T, d) embeddings, zero off images."""
-        grid = self.config.arm_image_positions["grid"]
+        grid = self.image_position_settings.grid
         inside = (cells >= 0)[..., None]
         cells = cells.clamp(0, grid * grid - 1)
         return (self.row_embedding(cells // grid) + self.col_embedding(cells % grid)) * inside
@@ -120,7 +157,8 @@ class ImagePositionsMixin:
         decoding passes them (the engine knows the cell it samples and the source it holds).
         With `logits_at` ((B, T) bool), only those positions' logits are computed and returned, as an
         (N, V) tensor in row-major order: training's loss needs them only where a target is predicted."""
-        if input_ids is not None and self.config.arm_image_positions.get("span_stride"):
+        settings = self.image_position_settings
+        if input_ids is not None and settings.span_stride:
             # Without an explicit mask the library reads a jump in positions as the start of a packed
             # sequence (when it runs without a cache), so aligned spans always come with one.
             if kwargs.get("attention_mask") is None:
@@ -128,17 +166,16 @@ class ImagePositionsMixin:
             if kwargs.get("position_ids") is None:  # a full forward (training, scoring): from the ids
                 kwargs["position_ids"] = model_positions(self, input_ids, kwargs["attention_mask"])
         if input_ids is not None:
-            settings = self.config.arm_image_positions
             cells_from_ids = image_cells is None
             if cells_from_ids:
-                image_cells = image_cell_indices(input_ids, settings["image_offset"], settings["codebook_size"],
-                                                 settings["soi_id"])
+                image_cells = image_cell_indices(input_ids, settings.image_offset, settings.codebook_size,
+                                                 settings.soi_id)
             embeds = self.get_input_embeddings()(input_ids)
             inputs_embeds = embeds + self.image_position_embeddings(image_cells.to(input_ids.device)).to(embeds.dtype)
-            if settings.get("source_embedding"):
+            if settings.source_embedding:
                 if source_ids is None:
-                    source_ids = next_source_ids(input_ids, settings["image_offset"], settings["codebook_size"],
-                                                 settings["soi_id"], settings["grid"] ** 2,
+                    source_ids = next_source_ids(input_ids, settings.image_offset, settings.codebook_size,
+                                                 settings.soi_id, settings.cells,
                                                  index=image_cells if cells_from_ids else None)
                 inputs_embeds = inputs_embeds + self.source_embeddings(source_ids.to(input_ids.device)).to(embeds.dtype)
         if logits_at is not None:
@@ -178,8 +215,10 @@ def token_positions(ids: torch.Tensor, mask: torch.Tensor, soi_id: int | None = 
 
 def model_positions(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """`token_positions` with the model's own span stride (none for a plain causal LM)."""
-    settings = getattr(model.config, CONFIG_KEY, None) or {}
-    return token_positions(ids, mask, settings.get("soi_id"), settings.get("span_stride", 0))
+    settings = ImagePositions.of(model)
+    if settings is None:
+        return token_positions(ids, mask, None, 0)
+    return token_positions(ids, mask, settings.soi_id, settings.span_stride)
 
 
 @functools.cache

@@ -34,6 +34,8 @@ import random
 from arm.model.vocab import EDIT, EOI, EOS, SOI, T2I, UND, Vocab
 
 IGNORE = -100
+# The question whose answer is the image's caption: describe-first models ask it of themselves first.
+DESCRIBE = "describe the image."
 
 
 def _image_span(vocab: Vocab, codes) -> list[int]:

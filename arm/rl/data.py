@@ -5,8 +5,8 @@ Each step draws `prompts_per_step` of them from a generator seeded by (seed, ste
 resumed run continues with the very prompts it would have seen, and every process of a DDP job gets
 its own.
 
->>> # prompts = RLPrompts("artifacts/prepare", "joint", prompts_per_step=8, steps=200)
->>> # prompts[0]   # -> [Prompt(task="t2i", text=...), ..., Prompt(task="edit", ...)]
+    prompts = RLPrompts("artifacts/prepare", "joint", prompts_per_step=8, steps=200)
+    prompts[0]   # -> [Prompt(task="t2i", text=...), ..., Prompt(task="edit", ...)]
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def load_prompts(prepare_dir: str | Path, split: str, tasks: tuple[str, ...], wo
     """The split's records of the given tasks as Prompts: with `world`, the world's records with what the
     built-in rewards need (the spec, the source scene and the edit); else every other record (a user's
     data, for rewards of the user's own), with an edit's source and target images."""
-    from arm.evaluate.world import SplitData
+    from arm.evaluate.samples import SplitData
 
     data = SplitData(prepare_dir, split)
     if not world:

@@ -15,7 +15,7 @@ data without the world's metadata (no spec, scene or edit) it gets the image, th
 instruction (`text`) and, for an edit, the source and the record's target image, and RL runs with
 user rewards alone (`world_rewards` says which names need the world).
 
->>> # total = combined_reward({"instruction": 1.0, "quality": 0.2})(sample)
+    total = combined_reward({"instruction": 1.0, "quality": 0.2})(sample)
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ unchanged and the stage says why).
     arm rl --config configs/default.yaml rl.mode=gen rl.out_dir=artifacts/rl-gen
 
 Writes `artifacts/rl/` (or `rl.out_dir`) in the same layout as `pretrain`'s output (a Hugging Face
-model folder, `vocab.json`, `tokenizer.json`), so `arm evaluate evaluate.model=rl`, the Pipeline and
+model folder, `vocab.json`, `tokenizer.json`, `sampling.json` from the config's `sampling` section), so `arm evaluate evaluate.model=rl`, the Pipeline and
 the Bento load it the same way, plus `metrics.json`: the mean reward of each task and component over
 the first and the last tenth of the run. Checkpoints go to `<artifacts>/checkpoints/rl/` (or under
 `rl.out_dir`) and an interrupted run resumes there.
@@ -25,7 +25,7 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from arm.checkpoints import fingerprint, resume_point, source_files, stop_at
+from arm.checkpoints import fingerprint, resume_point, source_files
 from arm.config import ArmConfig
 from arm.precision import warn_if_bf16_is_emulated
 
@@ -47,7 +47,8 @@ def reward_summary(history: list[dict]) -> dict[str, float]:
 def understanding_replay(cfg: ArmConfig, info, text_tokenizer):
     """Batches of understanding sequences from the training split (the pretraining mix's vqa, caption,
     text and caption-reading shares), one per RL step, no condition dropout."""
-    from arm.model.data import DESCRIBE, RECORDS_OF, UNDERSTANDING_TASKS, TaskMixBatches, TaskRecords
+    from arm.model.data import RECORDS_OF, UNDERSTANDING_TASKS, TaskMixBatches, TaskRecords
+    from arm.model.sequences import DESCRIBE
 
     if not (cfg.stage_dir("encode") / "summary.json").exists():
         raise ValueError(f"rl.replay_weight > 0 needs the image codes in {cfg.stage_dir('encode')}; run `arm encode` "
@@ -67,7 +68,7 @@ def rl_data(cfg: ArmConfig) -> tuple[bool | None, str]:
     """Which records RL runs on: (True, "") the world's, scored by the configured rewards; (False, "")
     a user's, when every weighted reward is the user's own; (None, why) none, when the rewards need the
     world's scene graphs and the data's records of the mode's tasks carry none."""
-    from arm.evaluate.world import SplitData
+    from arm.evaluate.samples import SplitData
     from arm.rl.data import TASKS_OF_MODE
     from arm.rl.rewards import world_rewards
 
@@ -86,12 +87,16 @@ def rl_data(cfg: ArmConfig) -> tuple[bool | None, str]:
     return None, f"the training split has no {'/'.join(tasks)} records for rl.mode={r.mode}"
 
 
-def copy_unchanged(source, out, reason: str, mode: str) -> dict:
-    """The `rl` output when RL cannot run: the pretrained model as it is, and a metrics.json saying why."""
+def copy_unchanged(source, out, reason: str, mode: str, sampling) -> dict:
+    """The `rl` output when RL cannot run: the pretrained model as it is (sampling as this config says),
+    and a metrics.json saying why."""
+    from arm.model.saved import write_sampling
+
     out.mkdir(parents=True, exist_ok=True)
     for item in source.iterdir():
         if item.is_file() and item.name != "metrics.json":
             shutil.copyfile(item, out / item.name)
+    write_sampling(out, sampling)
     metrics = {"steps": 0, "mode": mode, "copied_from": str(source), "skipped": reason}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     print(f"rl: copying {source} to {out} unchanged: {reason}", file=sys.stderr)
@@ -99,20 +104,13 @@ def copy_unchanged(source, out, reason: str, mode: str) -> dict:
 
 
 def rl_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict | None:
-    import lightning as L
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-    from lightning.pytorch.loggers import TensorBoardLogger
-
-    from arm.memory import keep_freed_memory
-    from arm.pretrain import load_unified_model
-    from arm.progress import quiet_lightning, training_progress
+    from arm.model.saved import load_unified_model, save_unified_model
     from arm.rl.data import RLPrompts
     from arm.rl.rewards import combined_reward
     from arm.rl.train import GRPOModule
     from arm.tokenizer.model import VisualTokenizer
+    from arm.training import stage_trainer, start_stage, write_metrics
 
-    quiet_lightning()
-    keep_freed_memory()  # each step's tensors reuse the last step's pages (arm/memory.py)
     # Checkpoints hold the weights after each step's update, which is what resuming needs.
     warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
     r = cfg.rl
@@ -123,8 +121,8 @@ def rl_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict | None:
         raise ValueError(f"rl.out_dir {out} is the folder RL starts from; choose another folder")
     world, reason = rl_data(cfg)
     if world is None:
-        return copy_unchanged(source, out, reason, r.mode)
-    L.seed_everything(r.seed, workers=True, verbose=False)
+        return copy_unchanged(source, out, reason, r.mode, cfg.sampling)
+    start_stage(r.seed)
     model, info, text_tokenizer = load_unified_model(source)
     reference = copy.deepcopy(model)
     visual = VisualTokenizer.load(cfg.stage_dir("tokenizer"))
@@ -132,7 +130,7 @@ def rl_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict | None:
 
     stamp = fingerprint(asdict(r), source / "model.safetensors", cfg.stage_dir("prepare") / "summary.json",
                         cfg.stage_dir("encode") / "summary.json",
-                        *source_files("rl", "generate.py", "pipeline.py", "world", "model"), extra=str(cfg.pretrain.task_mix))
+                        *source_files("rl", "generate.py", "pipeline.py", "world", "model", "training.py"), extra=str(cfg.pretrain.task_mix))
     resume, start_step = resume_point(ckpt_dir, stamp, "rl")
     prompts = RLPrompts(cfg.stage_dir("prepare"), r.mode, r.prompts_per_step, r.max_steps, r.seed,
                         start_step=start_step // r.inner_updates, world=world)
@@ -144,17 +142,11 @@ def rl_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict | None:
     loader = torch.utils.data.DataLoader(prompts, batch_size=None, shuffle=False)
     log_name = "rl" if not r.out_dir else f"rl-{out.name}"
     warn_if_bf16_is_emulated(r.precision, r.accelerator, "rl.precision")
-    trainer = L.Trainer(
-        max_steps=total_updates, max_epochs=-1, accelerator=r.accelerator, devices=r.devices,
-        precision=r.precision, use_distributed_sampler=False,
-        logger=TensorBoardLogger(cfg.run.log_dir, name=log_name, version="", default_hp_metric=False),
-        callbacks=[ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
-                                   every_n_train_steps=max(1, r.checkpoint_every_steps * r.inner_updates)),
-                   LearningRateMonitor(logging_interval="step")]
-        + ([] if sys.stderr.isatty() else [training_progress("rl")]) + ([stop_at(stop_at_step)] if stop_at_step else []),
-        log_every_n_steps=1, enable_progress_bar=sys.stderr.isatty(), enable_model_summary=False,
-        num_sanity_val_steps=0, limit_val_batches=0,
-    )
+    trainer = stage_trainer(
+        "rl", cfg.run.log_dir, ckpt_dir, max_steps=total_updates,
+        checkpoint_every=max(1, r.checkpoint_every_steps * r.inner_updates), stop_at_step=stop_at_step,
+        log_name=log_name, accelerator=r.accelerator, devices=r.devices, precision=r.precision,
+        use_distributed_sampler=False, log_every_n_steps=1, limit_val_batches=0)
     trainer.fit(module, loader, ckpt_path=str(resume) if resume else None)
     if stop_at_step or trainer.global_rank != 0:
         return None
@@ -162,12 +154,8 @@ def rl_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict | None:
         for item in out.iterdir():  # keep a checkpoints folder living inside out_dir
             if item != ckpt_dir:
                 shutil.rmtree(item) if item.is_dir() else item.unlink()
-    module.model.save_pretrained(out)
-    for name in ("tokenizer.json", "vocab.json"):
-        shutil.copyfile(source / name, out / name)
     metrics = {"train_minutes": round((time.monotonic() - started) / 60, 2), "steps": r.max_steps,
                "mode": r.mode, "samples": r.max_steps * r.prompts_per_step * r.group_size,
                **reward_summary(module.history)}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    print("rl: " + ", ".join(f"{k} {v}" for k, v in sorted(metrics.items())), file=sys.stderr)
-    return metrics
+    save_unified_model(out, module.model, info, source / "tokenizer.json", cfg.sampling, metrics)
+    return write_metrics(None, "rl", metrics)

@@ -23,8 +23,8 @@ import lightning as L
 import numpy as np
 import torch
 
-from arm.config import RLConfig
-from arm.generate import Sampling, left_pad
+from arm.config import RLConfig, SamplingConfig
+from arm.generate import left_pad
 from arm.model.positions import model_positions
 from arm.rl.data import Prompt
 from arm.rl.objective import grpo_loss, group_advantages
@@ -73,6 +73,13 @@ def code_logprobs(model, prefixes: list[list[int]], codes: torch.Tensor, vocab,
     return logp, entropy
 
 
+def rollout_sampling(settings: RLConfig) -> SamplingConfig:
+    """How rollouts sample: the `rl` section's own exploration settings, not the saved model's."""
+    return SamplingConfig(generation_guidance=settings.guidance_scale, edit_guidance=settings.guidance_scale,
+                          edit_image_guidance=settings.image_guidance_scale, temperature=settings.temperature,
+                          top_k=settings.top_k, top_p=1.0)
+
+
 class GRPOModule(L.LightningModule):
     def __init__(self, model, reference, visual_tokenizer, info, text_tokenizer, reward_fn, settings: RLConfig,
                  replay=None):
@@ -97,7 +104,7 @@ class GRPOModule(L.LightningModule):
         for key, module in self._frozen.items():
             self._frozen[key] = module.to(self.device)
         self.pipe = Pipeline(self.model, self.info, self.text_tokenizer, self._frozen["visual"],
-                             batch_size=max(64, self.settings.group_size))
+                             rollout_sampling(self.settings), batch_size=max(64, self.settings.group_size))
         self.model.train()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -113,23 +120,20 @@ class GRPOModule(L.LightningModule):
 
     @torch.no_grad()
     def rollout(self, prompts: list[Prompt], step: int) -> Rollout:
-        from arm.pipeline import Guidance
-
         s, pipe, g = self.settings, self.pipe, self.settings.group_size
-        guidance = Guidance(s.guidance_scale, s.image_guidance_scale)
-        sampling = Sampling(s.temperature, s.top_k, seed=s.seed * 1_000_003 + step * 101 + self.global_rank)
+        seed = s.seed * 1_000_003 + step * 101 + self.global_rank   # image i of the step draws with seed + i
         prompts = [p for p in prompts if p.task == "t2i"] + [p for p in prompts if p.task == "edit"]
         gen = [p for p in prompts if p.task == "t2i"]
         edits = [p for p in prompts if p.task == "edit"]
         prefixes, codes = [], []
         if gen:
             texts = [p.text for p in gen for _ in range(g)]
-            codes.append(torch.as_tensor(pipe.generate_codes(texts, guidance, sampling)))
+            codes.append(torch.as_tensor(pipe.generate_codes(texts, seed)))
             prefixes += [pipe.generation_prompt(pipe.text_ids(t)) for t in texts]
         if edits:
             sources = np.repeat(pipe.encode_images(np.stack([p.source for p in edits])), g, axis=0)
             texts = [p.text for p in edits for _ in range(g)]
-            codes.append(torch.as_tensor(pipe.edit_codes(sources, texts, guidance, sampling)))
+            codes.append(torch.as_tensor(pipe.edit_codes(sources, texts, seed + len(gen) * g)))
             prefixes += [pipe.edit_prompt(src, pipe.text_ids(t)) for src, t in zip(sources, texts)]
         all_codes = torch.cat(codes).long()
         images = pipe.decode_codes(all_codes)

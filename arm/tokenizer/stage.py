@@ -10,17 +10,15 @@ Writes `artifacts/tokenizer/` (model.safetensors, config.json, metrics.json). Ch
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import asdict
 
 import torch
 
-from arm.checkpoints import fingerprint, resume_point, source_files, stop_at
+from arm.checkpoints import fingerprint, resume_point, source_files
 from arm.config import ArmConfig
-from arm.memory import keep_freed_memory
-from arm.progress import progress, quiet_lightning, training_progress
+from arm.progress import progress
 from arm.tokenizer.data import EvalBatches, StepBatches, load_captioned_images
 from arm.tokenizer.metrics import code_statistics, encode_all, exact_recovery, probe_scores, retrieval
 from arm.tokenizer.model import TokenizerModelConfig, VisualTokenizer
@@ -55,14 +53,9 @@ def cache_features(model: VisualTokenizer, pixels, desc: str, batch_size: int = 
 def tokenizer_stage(cfg: ArmConfig, *, max_steps: int | None = None, stop_at_step: int | None = None) -> dict | None:
     """Train, evaluate and save. With `stop_at_step`, stop there without writing outputs, leaving only the
     checkpoint an interrupted run would leave."""
-    import lightning as L
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-    from lightning.pytorch.loggers import TensorBoardLogger
-
     from arm.text_tokenizer import load_tokenizer
+    from arm.training import stage_trainer, start_stage, write_metrics
 
-    quiet_lightning()
-    keep_freed_memory()  # each step's tensors reuse the last step's pages (arm/memory.py)
     t = cfg.tokenizer
     max_steps = max_steps or t.max_steps
     started = time.monotonic()
@@ -71,7 +64,7 @@ def tokenizer_stage(cfg: ArmConfig, *, max_steps: int | None = None, stop_at_ste
         raise ValueError(f"{prepare_dir} has no prepared data; run `arm prepare` (or `dvc repro prepare`) first")
     out = cfg.stage_dir("tokenizer")
     ckpt_dir = cfg.artifacts / "checkpoints" / "tokenizer"
-    L.seed_everything(t.seed, workers=True, verbose=False)
+    start_stage(t.seed)
     torch.manual_seed(t.seed)
 
     text_tokenizer = load_tokenizer(prepare_dir / "tokenizer.json")
@@ -96,7 +89,7 @@ def tokenizer_stage(cfg: ArmConfig, *, max_steps: int | None = None, stop_at_ste
                 for s, d in (("train", train), ("val", val))}
 
     # Resume only a run of this very configuration and data.
-    stamp = fingerprint(asdict(t), prepare_dir / "summary.json", *source_files("tokenizer", "images.py"),
+    stamp = fingerprint(asdict(t), prepare_dir / "summary.json", *source_files("tokenizer", "images.py", "training.py"),
                         extra=str(cfg.data.image_size))
     resume, start_step = resume_point(ckpt_dir, stamp, "tokenizer")
 
@@ -105,18 +98,11 @@ def tokenizer_stage(cfg: ArmConfig, *, max_steps: int | None = None, stop_at_ste
     val_batches = EvalBatches(val, features["val"], text_emb["val"], 128, t.max_caption_tokens)
     loader = torch.utils.data.DataLoader(train_batches, batch_size=None, shuffle=False)
     val_loader = torch.utils.data.DataLoader(val_batches, batch_size=None, shuffle=False)
-    trainer = L.Trainer(
-        max_steps=max_steps, max_epochs=-1, accelerator=t.accelerator, devices=t.devices, precision=t.precision,
-        logger=TensorBoardLogger(cfg.run.log_dir, name="tokenizer", version="", default_hp_metric=False),
-        callbacks=[ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=t.val_every_steps,
-                                   save_top_k=0),
-                   LearningRateMonitor(logging_interval="step")]
-        + ([] if sys.stderr.isatty() else [training_progress("tokenizer")])
-        + ([stop_at(stop_at_step)] if stop_at_step else []),
+    trainer = stage_trainer(
+        "tokenizer", cfg.run.log_dir, ckpt_dir, max_steps=max_steps, checkpoint_every=t.val_every_steps,
+        stop_at_step=stop_at_step, accelerator=t.accelerator, devices=t.devices, precision=t.precision,
         val_check_interval=min(t.val_every_steps, max(1, len(train_batches))), check_val_every_n_epoch=None,
-        log_every_n_steps=max(1, min(25, max_steps // 5)), enable_progress_bar=sys.stderr.isatty(), enable_model_summary=False,
-        num_sanity_val_steps=0, deterministic=True,
-    )
+        log_every_n_steps=max(1, min(25, max_steps // 5)), deterministic=True)
     # Always fit: resuming a finished run restores its weights and then stops at once.
     trainer.fit(module, loader, val_loader, ckpt_path=str(resume) if resume else None)
     if stop_at_step:
@@ -129,10 +115,7 @@ def tokenizer_stage(cfg: ArmConfig, *, max_steps: int | None = None, stop_at_ste
                     "codebook_size": model.codebook_size, "tokens_per_image": cfg.tokenizer.grid**2})
     out.mkdir(parents=True, exist_ok=True)
     model.save(out)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    print("tokenizer: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                    for k, v in sorted(metrics.items())), file=sys.stderr)
-    return metrics
+    return write_metrics(out, "tokenizer", metrics)
 
 
 def evaluate_tokenizer(model: VisualTokenizer, train, val, text_emb: dict, image_size: int) -> dict:

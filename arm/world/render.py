@@ -15,7 +15,16 @@ from arm.world.scene import BACKGROUND, PALETTE, SIZES, Obj, Scene, cell_row_col
 
 
 def object_box(obj: Obj, size: int) -> tuple[int, int, int, int]:
-    """Inclusive pixel box (x0, y0, x1, y1) of an object's extent on an S x S canvas."""
+    """Inclusive pixel box (x0, y0, x1, y1) of an object's extent on an S x S canvas.
+
+    The extent is round(SIZES[size] * S) pixels (10 small, 18 large at S = 64), centred on the cell's
+    centre plus the jitter offset:
+
+    >>> object_box(Obj(cell=0, shape="square", color="red", size="small"), 64)
+    (6, 6, 15, 15)
+    >>> object_box(Obj(cell=4, shape="square", color="red", size="large", dx=0.04), 64)
+    (26, 23, 43, 40)
+    """
     extent = round(SIZES[obj.size] * size)
     row, col = cell_row_col(obj.cell)
     cx = (col + 0.5) * size / 3 + obj.dx * size

@@ -58,12 +58,22 @@ HELD_OUT_THINGS = tuple(thing for _, held in KNOWLEDGE.values() for thing in hel
 
 
 def cell_row_col(cell: int) -> tuple[int, int]:
+    """(row, column) of a cell numbered 0..8 row-major.
+
+    >>> cell_row_col(5), POSITIONS[5]
+    ((1, 2), 'right')
+    """
     return divmod(cell, 3)
 
 
 @dataclass(frozen=True, order=True)
 class Obj:
-    """One object. `cell` is 0..8 row-major; `dx`, `dy` are the jitter offsets as fractions of S."""
+    """One object. `cell` is 0..8 row-major; `dx`, `dy` are the jitter offsets as fractions of S.
+
+    >>> obj = Obj(cell=2, shape="square", color="blue", size="small", dx=0.01)
+    >>> obj.position, obj.key
+    ('top right', (2, 'square', 'blue', 'small'))
+    """
 
     cell: int
     shape: str
@@ -93,7 +103,15 @@ class Obj:
 
 @dataclass(frozen=True)
 class Scene:
-    """Objects sorted by cell. Equality ignores jitter (compares `Obj.key`s)."""
+    """Objects sorted by cell. Equality ignores jitter (compares `Obj.key`s).
+
+    >>> a = Scene((Obj(8, "circle", "red", "large"), Obj(0, "square", "blue", "small", dx=0.03)))
+    >>> b = Scene((Obj(0, "square", "blue", "small"), Obj(8, "circle", "red", "large")))
+    >>> [o.cell for o in a.objects], a == b
+    ([0, 8], True)
+    >>> a.free_cells()
+    [1, 2, 3, 4, 5, 6, 7]
+    """
 
     objects: tuple[Obj, ...] = ()
 
@@ -140,6 +158,14 @@ class Scene:
 
 
 def sample_jitter(rng: np.random.Generator, jitter: float) -> tuple[float, float]:
+    """(dx, dy), each uniform in [-jitter, jitter] (fractions of S) and rounded to 1e-4; (0, 0) for none.
+
+    >>> dx, dy = sample_jitter(np.random.default_rng(0), 0.04)
+    >>> abs(dx) <= 0.04 and abs(dy) <= 0.04 and round(dx, 4) == dx
+    True
+    >>> sample_jitter(np.random.default_rng(0), 0.0)
+    (0.0, 0.0)
+    """
     if jitter <= 0:
         return 0.0, 0.0
     dx, dy = rng.uniform(-jitter, jitter, size=2)
@@ -147,7 +173,13 @@ def sample_jitter(rng: np.random.Generator, jitter: float) -> tuple[float, float
 
 
 def allowed_pairs(holdout: bool) -> list[tuple[str, str]]:
-    """(colour, shape) pairs to draw from: the held-out pairs only, or every pair but them."""
+    """(colour, shape) pairs to draw from: the held-out pairs only, or every pair but them.
+
+    >>> allowed_pairs(holdout=True)
+    [('green', 'diamond'), ('purple', 'triangle'), ('orange', 'circle')]
+    >>> len(allowed_pairs(holdout=False))  # 6 colours x 4 shapes, less the 3 held-out pairs
+    21
+    """
     pairs = [(c, s) for c in COLORS for s in SHAPES]
     return [p for p in pairs if (p in HOLDOUT_PAIRS) == holdout]
 
@@ -168,7 +200,12 @@ def sample_object(rng: np.random.Generator, cell: int, jitter: float, *, holdout
 def sample_scene(rng: np.random.Generator, num_objects: int, jitter: float = 0.04, *,
                  holdout: bool = False) -> Scene:
     """A scene of `num_objects` objects in distinct random cells. With `holdout`, the first object is
-    a held-out pair and the rest are ordinary."""
+    a held-out pair and the rest are ordinary.
+
+    >>> rng = np.random.default_rng(0)
+    >>> sample_scene(rng, 3).has_holdout_pair(), sample_scene(rng, 3, holdout=True).has_holdout_pair()
+    (False, True)
+    """
     cells = rng.choice(9, size=num_objects, replace=False)
     objs = [sample_object(rng, int(cell), jitter, holdout=holdout and i == 0) for i, cell in enumerate(cells)]
     return Scene(tuple(objs))

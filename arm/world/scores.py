@@ -41,7 +41,15 @@ from arm.world.verifier import foreground_mask, off_palette_fraction, parse, to_
 
 
 def generation_constraints(spec: GenSpec, scene: Scene) -> tuple[int, int]:
-    """(atoms met, atoms stated) for the best assignment of the scene's objects to the spec's."""
+    """(atoms met, atoms stated) for the best assignment of the scene's objects to the spec's.
+
+    >>> from arm.world.scene import Obj
+    >>> from arm.world.texts import parse_prompt
+    >>> spec = parse_prompt("a red circle to the left of a blue square")  # 2 + 2 + relation + count
+    >>> circle, square = Obj(0, "circle", "red", "small"), Obj(4, "square", "blue", "large")
+    >>> generation_constraints(spec, Scene((circle, square))), generation_constraints(spec, Scene((circle,)))
+    ((6, 6), (2, 6))
+    """
     total = sum(s.atoms() for s in spec.objects) + (1 if spec.relation else 0) + 1
     objs = list(scene.objects)
     n = len(spec.objects)
@@ -165,7 +173,16 @@ def edit_atoms(source: Scene, edit: Edit, result: Scene) -> tuple[int, int, int,
 
 
 def edit_score(source: Scene, edit: Edit, image: Image.Image | np.ndarray, size: int = 64) -> EditScore:
-    """GEdit-style G_SC and G_PQ (0 to 10) of an edited image; G_O = sqrt(G_SC * G_PQ)."""
+    """GEdit-style G_SC and G_PQ (0 to 10) of an edited image; G_O = sqrt(G_SC * G_PQ).
+
+    >>> from arm.world.scene import Obj
+    >>> source = Scene((Obj(0, "circle", "red", "small"), Obj(4, "square", "blue", "large")))
+    >>> target = Scene((Obj(0, "circle", "green", "small"), Obj(4, "square", "blue", "large")))
+    >>> edit = Edit("recolor", "make the circle green", target, source_cell=0, target_cell=0)
+    >>> done, noop = edit_score(source, edit, render(target)), edit_score(source, edit, render(source))
+    >>> (done.g_sc, done.g_pq, done.g_o), (noop.g_sc, noop.g_o)
+    ((10.0, 10.0, 10.0), (0.0, 0.0))
+    """
     pixels = to_array(image, size)
     result = parse(pixels, size)
     im, it, pm, pt = edit_atoms(source, edit, result)
@@ -189,7 +206,14 @@ def normalise_answer(text: str) -> str:
 
 def answer_correct(question_type: str, prediction: str, answer: str) -> bool:
     """Exact match after normalisation; `describe` compares the parsed scenes, so any caption naming the
-    exact scene is right."""
+    exact scene is right.
+
+    >>> [answer_correct("where", p, "top left") for p in (" Top  Left.", "the top left")]
+    [True, False]
+    >>> answer_correct("describe", "A large blue square at the center and a small red circle at the top.",
+    ...                "a small red circle at the top and a large blue square at the center")
+    True
+    """
     if question_type == "describe":
         try:
             return parse_caption(normalise_answer(prediction)) == parse_caption(normalise_answer(answer))

@@ -36,19 +36,32 @@ QUESTION_TYPES = ("color", "shape", "where", "count_shape", "count_color", "exis
 
 
 def object_phrase(shape: str, color: str | None = None, size: str | None = None, cell: int | None = None) -> str:
-    """`a {size} {color} {shape} at the {position}`, each of size, colour and position optional."""
+    """`a {size} {color} {shape} at the {position}`, each of size, colour and position optional.
+
+    >>> object_phrase("circle", "orange", "large", 8), object_phrase("diamond")
+    ('a large orange circle at the bottom right', 'a diamond')
+    """
     words = ["a"] + [w for w in (size, color) if w] + [shape]
     text = " ".join(words)
     return text + (f" at the {POSITIONS[cell]}" if cell is not None else "")
 
 
 def caption(scene: Scene) -> str:
-    """The canonical caption: every object, row-major, fully specified, joined by ` and `."""
+    """The canonical caption: every object, row-major, fully specified, joined by ` and `.
+
+    >>> caption(Scene((Obj(7, "diamond", "yellow", "small"), Obj(1, "circle", "red", "large"))))
+    'a large red circle at the top and a small yellow diamond at the bottom'
+    """
     return " and ".join(object_phrase(o.shape, o.color, o.size, o.cell) for o in scene.objects)
 
 
 def relation_holds(a: Obj, relation: str, b: Obj) -> bool:
-    """Strict grid relation of a to b, by column or row."""
+    """Strict grid relation of a to b, by column or row.
+
+    >>> a, b = Obj(0, "circle", "red", "small"), Obj(4, "square", "blue", "small")
+    >>> [r for r in RELATIONS if relation_holds(a, r, b)]
+    ['to the left of', 'above']
+    """
     (ra, ca), (rb, cb) = cell_row_col(a.cell), cell_row_col(b.cell)
     return {"to the left of": ca < cb, "to the right of": ca > cb, "above": ra < rb, "below": ra > rb}[relation]
 
@@ -58,7 +71,14 @@ def relation_holds(a: Obj, relation: str, b: Obj) -> bool:
 
 
 def refer(obj: Obj, scene: Scene) -> str:
-    """The shortest unique expression for `obj` in `scene` (without the article)."""
+    """The shortest unique expression for `obj` in `scene` (without the article): the shape, else colour
+    and shape, else size, colour and shape, else the shape and its position.
+
+    >>> scene = Scene((Obj(0, "circle", "red", "small"), Obj(1, "circle", "red", "large"),
+    ...                Obj(2, "circle", "blue", "small"), Obj(3, "square", "blue", "small")))
+    >>> [refer(o, scene) for o in scene.objects]
+    ['small red circle', 'large red circle', 'blue circle', 'square']
+    """
     others = [o for o in scene.objects if o.cell != obj.cell]
     if not any(o.shape == obj.shape for o in others):
         return obj.shape
@@ -70,7 +90,15 @@ def refer(obj: Obj, scene: Scene) -> str:
 
 
 def resolve(ref: str, scene: Scene) -> Obj:
-    """The object a referring expression names; ValueError when none or several match."""
+    """The object a referring expression names; ValueError when none or several match.
+
+    >>> scene = Scene((Obj(0, "circle", "red", "small"), Obj(4, "circle", "blue", "large")))
+    >>> resolve("blue circle", scene).cell
+    4
+    >>> resolve("circle", scene)
+    Traceback (most recent call last):
+    ValueError: 'circle' matches 2 objects
+    """
     m = re.fullmatch(r"(?:(small|large) )?(?:(\w+) )?(\w+)(?: at the (.+))?", ref)
     if not m:
         raise ValueError(f"cannot read the reference {ref!r}")
@@ -149,7 +177,15 @@ def _phrase(s: ObjectSpec) -> str:
 def prompt_for_scene(scene: Scene, category: str, rng: np.random.Generator, p_drop: float = 0.25,
                      things: tuple[str, ...] = SEEN_THINGS) -> GenSpec:
     """A prompt of `category` that `scene` satisfies. The scene must fit the category (see
-    `sample_scene_for_category`)."""
+    `sample_scene_for_category`).
+
+    >>> scene = Scene((Obj(0, "square", "green", "large"), Obj(5, "square", "green", "small")))
+    >>> prompt_for_scene(scene, "counting", np.random.default_rng(0)).text
+    'two green squares'
+    >>> knowledge = Scene((Obj(4, "circle", "yellow", "small"),))
+    >>> prompt_for_scene(knowledge, "knowledge", np.random.default_rng(0)).text
+    'a circle with the color of a lemon'
+    """
     objs = scene.objects
     if category in ("single", "two", "three"):
         specs = tuple(_spec_of(o, rng, p_drop) for o in objs)
@@ -212,7 +248,19 @@ _KNOW_RE = (r"an? (" + "|".join(SHAPES) + r") with the colou?r of (.+?)"
 
 
 def parse_prompt(text: str) -> GenSpec:
-    """Read a canonical generation prompt into its constraints; ValueError names what is not canonical."""
+    """Read a canonical generation prompt into its constraints; ValueError names what is not canonical.
+
+    Case, surrounding spaces, a final full stop, `an` for `a` and `colour` for `color` are accepted.
+
+    >>> spec = parse_prompt("An orange square to the left of a blue circle.")
+    >>> spec.category, spec.relation
+    ('relation', (0, 'to the left of', 1))
+    >>> spec = parse_prompt("a diamond with the colour of a frog at the top")
+    >>> spec.category, spec.thing, spec.objects[0]
+    ('knowledge', 'a frog', ObjectSpec(shape='diamond', color='green', size=None, cell=1))
+    >>> parse_prompt("three red circles").objects[0]
+    ObjectSpec(shape='circle', color='red', size=None, cell=None)
+    """
     t = " ".join(text.strip().lower().rstrip(".").split())
     if m := re.fullmatch(_COUNT_RE, t):
         n = NUMBER_WORDS.index(m[1])
@@ -239,7 +287,14 @@ def parse_prompt(text: str) -> GenSpec:
 
 
 def parse_caption(text: str) -> Scene:
-    """A canonical caption back to a scene (every attribute stated); ValueError when it is not one."""
+    """A canonical caption back to a scene (every attribute stated); ValueError when it is not one.
+
+    >>> parse_caption("a small red circle at the top left").objects
+    (Obj(cell=0, shape='circle', color='red', size='small', dx=0.0, dy=0.0),)
+    >>> parse_caption("a red circle at the top left")
+    Traceback (most recent call last):
+    ValueError: not a canonical caption: 'a red circle at the top left'
+    """
     spec = parse_prompt(text) if text.strip() else GenSpec("", "single", ())
     objs = []
     for s in spec.objects:
@@ -284,7 +339,15 @@ def _choice(rng: np.random.Generator, items):
 def sample_edit(scene: Scene, rng: np.random.Generator, jitter: float, *, max_objects: int = 3,
                 allow_holdout: bool = False, types: tuple[str, ...] = EDIT_TYPES) -> Edit | None:
     """A random valid edit of `scene`: never a held-out pair unless allowed, at least one object left,
-    at most `max_objects`. None when no edit type applies."""
+    at most `max_objects`. None when no edit type applies.
+
+    >>> scene = Scene((Obj(4, "square", "blue", "large"),))
+    >>> edit = sample_edit(scene, np.random.default_rng(0), 0.0, types=("resize",))
+    >>> edit.instruction, edit.target.objects[0].size, (edit.source_cell, edit.target_cell)
+    ('make the square small', 'small', (4, 4))
+    >>> sample_edit(scene, np.random.default_rng(0), 0.0, types=("remove",)) is None  # never the only object
+    True
+    """
     ok_pair = (lambda c, s: allow_holdout or (c, s) not in HOLDOUT_PAIRS)
     options = []
     for t in types:
@@ -339,7 +402,14 @@ class Question:
 def sample_question(scene: Scene, rng: np.random.Generator, qtype: str | None = None,
                     allow_holdout: bool = False) -> Question:
     """A question about `scene` and its exact answer. Existence questions never name a held-out pair
-    unless allowed."""
+    unless allowed.
+
+    >>> scene = Scene((Obj(0, "circle", "red", "small"), Obj(8, "circle", "blue", "large")))
+    >>> sample_question(scene, np.random.default_rng(0), "count_shape")
+    Question(type='count_shape', text='how many circles are there?', answer='two')
+    >>> sample_question(scene, np.random.default_rng(0), "describe").answer
+    'a small red circle at the top left and a large blue circle at the bottom right'
+    """
     qtype = qtype or _choice(rng, QUESTION_TYPES)
     if qtype in ("color", "shape", "where"):
         obj = _choice(rng, scene.objects)
@@ -371,7 +441,12 @@ def sample_question(scene: Scene, rng: np.random.Generator, qtype: str | None = 
 
 
 def knowledge_qa() -> list[tuple[str, str, bool]]:
-    """Every (question, answer, held_out) of the text-only knowledge table."""
+    """Every (question, answer, held_out) of the text-only knowledge table.
+
+    >>> qa = knowledge_qa()
+    >>> len(qa), qa[0], qa[2]
+    (18, ('what color is a ripe tomato?', 'red', False), ('what color is a strawberry?', 'red', True))
+    """
     from arm.world.scene import HELD_OUT_THINGS
 
     return [(f"what color is {thing}?", THING_COLOR[thing], thing in HELD_OUT_THINGS) for thing in THING_COLOR]

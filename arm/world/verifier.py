@@ -62,7 +62,11 @@ _LUT = _build_lut(8 - _LUT_SHIFT)
 
 
 def colour_index(pixels: np.ndarray) -> np.ndarray:
-    """(H, W) uint8 index of the nearest reference colour (0 = background), via the lookup table."""
+    """(H, W) uint8 index of the nearest reference colour (0 = background), via the lookup table.
+
+    >>> colour_index(np.array([[[255, 255, 255], [215, 50, 35], [45, 75, 230]]], dtype=np.uint8))
+    array([[0, 1, 3]], dtype=uint8)
+    """
     q = pixels >> _LUT_SHIFT
     return _LUT[q[..., 0], q[..., 1], q[..., 2]]
 
@@ -132,7 +136,16 @@ def _split_merged(component: np.ndarray, max_extent: float) -> list[np.ndarray]:
 
 def parse(image: Image.Image | np.ndarray, size: int = 64) -> Scene:
     """Parse an image of any size into a scene (objects with cell, shape, colour, size and the offset of
-    their box centre from the cell centre as jitter). Two objects found in one cell keep the larger."""
+    their box centre from the cell centre as jitter). Two objects found in one cell keep the larger.
+
+    >>> from arm.world.render import render
+    >>> parse(Image.new("RGB", (64, 64), BACKGROUND)).objects
+    ()
+    >>> scene = Scene((Obj(3, "diamond", "orange", "small"), Obj(4, "diamond", "orange", "large")))
+    >>> big = render(scene, 64).resize((192, 192), Image.NEAREST)  # read back at S = 64
+    >>> parse(render(scene, 128), 128) == scene, parse(big) == scene
+    (True, True)
+    """
     pixels = to_array(image, size)
     index = colour_index(pixels)
     min_area = _MIN_AREA_FRACTION * (SIZES["small"] * size) ** 2
@@ -179,6 +192,12 @@ def foreground_mask(image: Image.Image | np.ndarray, size: int = 64) -> np.ndarr
 
 def off_palette_fraction(image: Image.Image | np.ndarray, size: int = 64, tolerance: float = 30.0) -> float:
     """Fraction of pixels farther than `tolerance` (Euclidean RGB) from the background and every palette
-    colour."""
+    colour.
+
+    >>> grey = np.full((64, 64, 3), 128, dtype=np.uint8)
+    >>> grey[:32] = 255
+    >>> off_palette_fraction(grey)
+    0.5
+    """
     _, dist2 = nearest_colour(to_array(image, size))
     return float((dist2 > tolerance**2).mean())

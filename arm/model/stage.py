@@ -4,9 +4,10 @@ understanding, generation, editing and text-only sequences over cached image cod
     arm pretrain --config configs/default.yaml                 # tiny Qwen2 on the CPU
     arm pretrain --config configs/small.yaml                   # one GPU
 
-Writes `artifacts/pretrain/`: the Hugging Face model folder (`config.json`, `model.safetensors`),
-`vocab.json` (the id layout), `tokenizer.json` (the text tokenizer) and `metrics.json`. Checkpoints go to
-`artifacts/checkpoints/pretrain/`; an interrupted run resumes there when started again unchanged.
+Writes `artifacts/pretrain/`, a saved unified model (`arm.model.saved`: the Hugging Face folder,
+`vocab.json`, `tokenizer.json`, `sampling.json` from the config's `sampling` section, `metrics.json`).
+Checkpoints go to `artifacts/checkpoints/pretrain/`; an interrupted run resumes there when started again
+unchanged.
 """
 
 from __future__ import annotations
@@ -15,33 +16,20 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from arm.checkpoints import fingerprint, resume_point, source_files, stop_at
+from arm.checkpoints import fingerprint, resume_point, source_files
 from arm.config import ArmConfig
-from arm.memory import keep_freed_memory
-from arm.model.data import DESCRIBE, EvalBatches, TaskMixBatches, TaskRecords, fit_to_data
+from arm.model.data import EvalBatches, TaskMixBatches, TaskRecords, fit_to_data
+from arm.model.positions import ImagePositions
+from arm.model.sequences import DESCRIBE
+from arm.model.saved import UnifiedModelInfo, save_unified_model
 from arm.model.vocab import Vocab
 from arm.precision import warn_if_bf16_is_emulated
-from arm.progress import quiet_lightning, training_progress
-
-
-@dataclass(frozen=True)
-class UnifiedModelInfo:
-    """What inference needs besides the weights: the id layout, the image grid, and whether the model
-    answers questions about an image after describing it (`pretrain.describe_first`)."""
-
-    text_size: int
-    codebook_size: int
-    grid: int
-    specials: dict
-    describe_first: bool = False
-
-    def vocab(self) -> Vocab:
-        return Vocab(self.text_size, self.codebook_size, dict(self.specials))
+from arm.training import stage_trainer, start_stage, write_metrics
 
 
 def backbone_kwargs(cfg: ArmConfig, vocab: Vocab, grid: int) -> dict:
@@ -49,11 +37,12 @@ def backbone_kwargs(cfg: ArmConfig, vocab: Vocab, grid: int) -> dict:
     from arm.text_tokenizer import SOI
 
     p = cfg.pretrain
-    positions = (dict(grid=grid, image_offset=vocab.image_offset, codebook_size=vocab.codebook_size, soi_id=vocab[SOI],
-                      **({"span_stride": p.image_span_stride} if p.image_span_stride else {}),
-                      **({"source_embedding": True} if p.edit_source_embedding else {}))
+    positions = (ImagePositions(grid=grid, image_offset=vocab.image_offset, codebook_size=vocab.codebook_size,
+                                soi_id=vocab[SOI], span_stride=p.image_span_stride,
+                                source_embedding=p.edit_source_embedding)
                  if p.image_position_embedding else None)
-    return dict(arch=p.arch, vocab_size=vocab.size, image_positions=positions, hidden_size=p.hidden_size, num_layers=p.num_layers,
+    # Plain data: the Lightning module records these as its hyperparameters (hparams.yaml).
+    return dict(arch=p.arch, vocab_size=vocab.size, image_positions=positions and positions.to_dict(), hidden_size=p.hidden_size, num_layers=p.num_layers,
                 num_heads=p.num_heads, num_kv_heads=p.num_kv_heads, intermediate_size=p.intermediate_size,
                 max_position_embeddings=p.max_position_embeddings, rope_theta=p.rope_theta,
                 tie_word_embeddings=p.tie_word_embeddings, pretrained_path=p.pretrained_path)
@@ -151,15 +140,9 @@ def training_batches(p, records: TaskRecords, vocab: Vocab, describe_ids: list[i
 
 
 def pretrain_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict | None:
-    import lightning as L
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-    from lightning.pytorch.loggers import TensorBoardLogger
-
     from arm.model.train import PretrainModule
     from arm.text_tokenizer import load_tokenizer
 
-    quiet_lightning()
-    keep_freed_memory()  # each step's tensors reuse the last step's pages (arm/memory.py)
     p = cfg.pretrain
     world = p.devices * p.num_nodes if p.strategy != "auto" else 1
     if p.batch_size % world:
@@ -170,7 +153,7 @@ def pretrain_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict |
     out, ckpt_dir = cfg.stage_dir("pretrain"), cfg.artifacts / "checkpoints" / "pretrain"
     if not (encode_dir / "summary.json").exists():
         raise ValueError(f"{encode_dir} has no image codes; run `arm encode` (or `dvc repro encode`) first")
-    L.seed_everything(p.seed, workers=True, verbose=False)
+    start_stage(p.seed)
 
     tokenizer = load_tokenizer(prepare_dir / "tokenizer.json")
     if p.pretrained_path:
@@ -195,7 +178,7 @@ def pretrain_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict |
         init_image_embeddings(module.model, vocab, cfg.stage_dir("tokenizer"), p.seed)  # (a resumed checkpoint overrides it)
     # The codes themselves (not just their counts) and the training code decide whether a checkpoint fits.
     stamp = fingerprint(asdict(p), prepare_dir / "summary.json", *sorted(encode_dir.glob("*.npz")),
-                        *source_files("model", "pretrain.py", "checkpoints.py", "schedules.py", "optim.py"))
+                        *source_files("model", "training.py", "checkpoints.py", "schedules.py", "optim.py"))
     resume, start_step = resume_point(ckpt_dir, stamp, "pretrain")
 
     batches = training_batches(p, train, vocab, describe_ids, start_step)
@@ -206,20 +189,16 @@ def pretrain_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict |
     if p.sample_every_steps > 0 and (cfg.stage_dir("tokenizer") / "model.safetensors").exists():
         from arm.model.callbacks import WorldSamples
 
-        samples = [WorldSamples(prepare_dir, cfg.stage_dir("tokenizer"), info, tokenizer, p.sample_every_steps,
-                                p.sample_records_per_task)]
-    trainer = L.Trainer(
-        max_steps=p.max_steps, max_epochs=-1, accelerator=p.accelerator, devices=p.devices, num_nodes=p.num_nodes,
-        strategy=training_strategy(p), precision="32-true" if fsdp_bf16 else p.precision, use_distributed_sampler=False,
-        accumulate_grad_batches=p.accumulate_grad_batches, gradient_clip_val=p.grad_clip or None,
-        logger=TensorBoardLogger(cfg.run.log_dir, name="pretrain", version="", default_hp_metric=False),
-        callbacks=[ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=p.val_every_steps, save_top_k=0),
-                   LearningRateMonitor(logging_interval="step")]
-        + ([] if sys.stderr.isatty() else [training_progress("pretrain")]) + samples + ([stop_at(stop_at_step)] if stop_at_step else []),
+        samples = [WorldSamples(prepare_dir, cfg.stage_dir("tokenizer"), info, tokenizer, cfg.sampling,
+                                p.sample_every_steps, p.sample_records_per_task)]
+    trainer = stage_trainer(
+        "pretrain", cfg.run.log_dir, ckpt_dir, max_steps=p.max_steps, checkpoint_every=p.val_every_steps,
+        stop_at_step=stop_at_step, callbacks=samples, accelerator=p.accelerator, devices=p.devices,
+        num_nodes=p.num_nodes, strategy=training_strategy(p), precision="32-true" if fsdp_bf16 else p.precision,
+        use_distributed_sampler=False, accumulate_grad_batches=p.accumulate_grad_batches,
+        gradient_clip_val=p.grad_clip or None,
         val_check_interval=min(p.val_every_steps * p.accumulate_grad_batches, max(1, len(batches))),
-        check_val_every_n_epoch=None, log_every_n_steps=max(1, min(25, p.max_steps // 5)),
-        enable_progress_bar=sys.stderr.isatty(), enable_model_summary=False, num_sanity_val_steps=0,
-    )
+        check_val_every_n_epoch=None, log_every_n_steps=max(1, min(25, p.max_steps // 5)))
     # Always fit: resuming a finished run restores its weights and then stops at once.
     trainer.fit(module, loader, val_loader, ckpt_path=str(resume) if resume else None)
     if stop_at_step:
@@ -232,26 +211,8 @@ def pretrain_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict |
         return None
     if out.exists():
         shutil.rmtree(out)
-    model.save_pretrained(out)
-    shutil.copyfile(prepare_dir / "tokenizer.json", out / "tokenizer.json")
-    (out / "vocab.json").write_text(json.dumps(asdict(info), indent=2, sort_keys=True) + "\n")
     metrics = {"train_minutes": round(minutes, 2), "steps": p.max_steps,
                "parameters": sum(x.numel() for x in module.model.parameters()),
                **{k: float(v) for k, v in val_metrics.items()}}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    print("pretrain: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                   for k, v in sorted(metrics.items())), file=sys.stderr)
-    return metrics
-
-
-def load_unified_model(folder: str | Path):
-    """(model, UnifiedModelInfo, text tokenizer) from a `pretrain` (or `rl`) output folder."""
-    from arm.model.backbone import load_causal_lm
-    from arm.text_tokenizer import load_tokenizer
-
-    folder = Path(folder)
-    if not (folder / "vocab.json").exists():
-        raise ValueError(f"no unified model in {folder}; run `arm pretrain` (or `dvc repro pretrain`)")
-    model = load_causal_lm(folder).eval()
-    info = UnifiedModelInfo(**json.loads((folder / "vocab.json").read_text()))
-    return model, info, load_tokenizer(folder / "tokenizer.json")
+    save_unified_model(out, model, info, prepare_dir / "tokenizer.json", cfg.sampling, metrics)
+    return write_metrics(None, "pretrain", metrics)

@@ -1,0 +1,72 @@
+"""The skeleton the three training stages share (`tokenizer`, `pretrain`, `rl`): how a stage starts, the
+Lightning Trainer it runs (TensorBoard under `run.log_dir`, `last.ckpt` checkpoints that resume only the
+same run, a live bar on a terminal and plain progress lines in logs, stopping early on request), and how
+it reports its metrics. Each stage keeps its own data, module and outputs; what is the same is here.
+
+    start_stage(seed)
+    resume, start_step = resume_point(ckpt_dir, fingerprint(asdict(section), *inputs), "pretrain")
+    trainer = stage_trainer("pretrain", cfg.run.log_dir, ckpt_dir, max_steps=..., checkpoint_every=500)
+    trainer.fit(module, loader, ckpt_path=str(resume) if resume else None)
+    write_metrics(out, "pretrain", metrics)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from arm.checkpoints import stop_at
+from arm.memory import keep_freed_memory
+from arm.progress import quiet_lightning, training_progress
+
+
+def start_stage(seed: int) -> None:
+    """Quiet Lightning's notices, let each step reuse the last step's memory (arm/memory.py), seed everything."""
+    import lightning as L
+
+    quiet_lightning()
+    keep_freed_memory()
+    L.seed_everything(seed, workers=True, verbose=False)
+
+
+def stage_trainer(name: str, log_dir: str | Path, ckpt_dir: str | Path, *, max_steps: int, checkpoint_every: int,
+                  stop_at_step: int | None = None, callbacks: list | tuple = (), log_name: str | None = None,
+                  **trainer_args):
+    """A Lightning Trainer for stage `name`: `max_steps` optimiser steps, `last.ckpt` in `ckpt_dir` every
+    `checkpoint_every` steps, TensorBoard in `log_dir/<log_name or name>`, the learning rate logged, progress
+    shown, and `stop_at_step` stopping it as an interruption would. `trainer_args` go to the Trainer
+    (devices, strategy, precision, validation cadence)."""
+    import lightning as L
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    on_terminal = sys.stderr.isatty()
+    return L.Trainer(
+        max_steps=max_steps, max_epochs=-1,
+        logger=TensorBoardLogger(str(log_dir), name=log_name or name, version="", default_hp_metric=False),
+        callbacks=[ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=checkpoint_every,
+                                   save_top_k=0),
+                   LearningRateMonitor(logging_interval="step")]
+        + ([] if on_terminal else [training_progress(name)]) + list(callbacks)
+        + ([stop_at(stop_at_step)] if stop_at_step else []),
+        enable_progress_bar=on_terminal, enable_model_summary=False, num_sanity_val_steps=0, **trainer_args)
+
+
+def metrics_line(name: str, metrics: dict) -> str:
+    """`name: key value, ...` with floats to 4 significant digits.
+
+    >>> metrics_line("pretrain", {"steps": 10, "val/loss": 1.234567})
+    'pretrain: steps 10, val/loss 1.235'
+    """
+    return f"{name}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                   for k, v in sorted(metrics.items()))
+
+
+def write_metrics(folder: str | Path | None, name: str, metrics: dict) -> dict:
+    """Write `metrics.json` into `folder` (None: the caller saved it with its model) and print the line."""
+    if folder is not None:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    print(metrics_line(name, metrics), file=sys.stderr)
+    return metrics

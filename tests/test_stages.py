@@ -1,0 +1,53 @@
+"""One list of stages (arm/stages.py): the CLI's subcommands and the flow's tasks come from it, and
+dvc.yaml runs exactly those stages, in that order, each as `arm <stage> --config ${config}`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from arm.stages import NAMES, STAGES, by_name
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_dvc_yaml_runs_the_registry_in_order():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert tuple(stages) == NAMES
+    for name, spec in stages.items():
+        assert spec["cmd"] == f"arm {name} --config ${{config}}", name
+
+
+def test_cli_and_flow_read_the_registry():
+    import sys
+
+    from arm.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    assert set(NAMES) <= set(commands)
+    for stage in STAGES:
+        has_stop = any("--stop-at-step" in a.option_strings for a in commands[stage.name]._actions)
+        assert has_stop == stage.resumable, stage.name
+    sys.path.insert(0, str(ROOT))
+    try:
+        from flows.lifecycle import STAGES as flow_stages
+    finally:
+        sys.path.remove(str(ROOT))
+    assert tuple(flow_stages) == NAMES
+
+
+def test_every_stage_entry_point_resolves_and_every_stage_section_is_a_stage():
+    import dataclasses
+    import importlib
+
+    from arm.config import ArmConfig
+
+    for stage in STAGES:
+        module, function = stage.entry.split(":")
+        assert callable(getattr(importlib.import_module(module), function)), stage.entry
+    sections = {f.name for f in dataclasses.fields(ArmConfig)} - {"run", "data", "sampling"}
+    assert sections <= set(NAMES), sections - set(NAMES)  # encode alone has no settings of its own
+    with pytest.raises(ValueError, match="unknown stage 'train'"):
+        by_name("train")
