@@ -203,3 +203,37 @@ def test_schemathesis_finds_no_server_error(server):
         no_5xx()
         checked += 1
     assert checked == 3
+
+
+def test_cli_pipeline_and_bento_sample_the_same_image(server, pretrained_stages, tmp_path):
+    """One sampling source: the model's sampling.json. The same prompt and seed give the same image through
+    `arm generate`, `Pipeline.generate` and `/generate`; the same edit through `arm edit` and `/edit`."""
+    import httpx
+
+    from arm.cli import main
+    from arm.pipeline import Pipeline
+
+    model, tokenizer = str(pretrained_stages / "pretrain"), str(pretrained_stages / "tokenizer")
+    prompt, seed = "a small green triangle at the top left", 7
+    assert main(["generate", prompt, "--model", model, "--tokenizer", tokenizer, "--seed", str(seed),
+                 "--out", str(tmp_path / "cli")]) == 0
+    by_cli = np.asarray(Image.open(tmp_path / "cli" / "0000.png").convert("RGB"))
+    by_pipeline = Pipeline.load(model, tokenizer).generate([prompt], seed)[0]
+    r = httpx.post(f"{server}/generate", json={"prompt": prompt, "seed": seed}, timeout=120)
+    assert r.status_code == 200, r.text
+    by_bento = np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB"))
+    assert np.array_equal(by_cli, by_pipeline) and np.array_equal(by_pipeline, by_bento)
+
+    source = tmp_path / "source.png"
+    Image.fromarray(by_pipeline).save(source)
+    instruction = "make the triangle red"
+    assert main(["edit", str(source), instruction, "--model", model, "--tokenizer", tokenizer, "--seed", "3",
+                 "--out", str(tmp_path / "edited.png")]) == 0
+    cli_edit = np.asarray(Image.open(tmp_path / "edited.png").convert("RGB"))
+    r = httpx.post(f"{server}/edit", files={"image": ("s.png", source.read_bytes(), "image/png")},
+                   data={"instruction": instruction, "seed": "3"}, timeout=120)
+    assert r.status_code == 200, r.text
+    assert np.array_equal(cli_edit, np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB")))
+    # And the guidance the service is given is really used: another guidance gives another image.
+    r = httpx.post(f"{server}/generate", json={"prompt": prompt, "seed": seed, "guidance_scale": 1.0}, timeout=120)
+    assert not np.array_equal(np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB")), by_bento)
