@@ -234,6 +234,6 @@ def test_cli_pipeline_and_bento_sample_the_same_image(server, pretrained_stages,
                    data={"instruction": instruction, "seed": "3"}, timeout=120)
     assert r.status_code == 200, r.text
     assert np.array_equal(cli_edit, np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB")))
-    # And the guidance the service is given is really used: another guidance gives another image.
-    r = httpx.post(f"{server}/generate", json={"prompt": prompt, "seed": seed, "guidance_scale": 1.0}, timeout=120)
+    # And the sampling the service is given is really used: another temperature gives another image.
+    r = httpx.post(f"{server}/generate", json={"prompt": prompt, "seed": seed, "temperature": 2.0}, timeout=120)
     assert not np.array_equal(np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB")), by_bento)
