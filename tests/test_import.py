@@ -159,3 +159,27 @@ def test_cli_import_reports_counts(tmp_path, capsys):
     out = tmp_path / "data"
     assert main(["import", "captions", str(src), "--out", str(out)]) == 0
     assert "kept 2 records" in capsys.readouterr().out
+
+
+def test_a_lone_surrogate_is_bad_utf8_and_leaves_nothing_behind(tmp_path):
+    """`\\ud800` is valid JSON but no UTF-8 text holds it: the record is counted as bad UTF-8 (as is an
+    image whose file name is not UTF-8), the rest is imported, and no temporary file is left."""
+    src, out = tmp_path / "src", tmp_path / "data"
+    _png(src / "a.png")
+    lines = ['{"id": "1", "task": "text", "text": "what color is a lime?", "answer": "green"}',
+             '{"id": "2", "task": "text", "text": "lone \\ud800 surrogate", "answer": "x"}',
+             '{"id": "3", "task": "caption", "image": "a.png", "text": "ok", "meta": {"note": "\\udfff"}}']
+    (src / "m.jsonl").write_text("\n".join(lines) + "\n")
+    report = import_jsonl(src / "m.jsonl", out)
+    assert report.kept == 1 and report.skipped == {"bad_utf8": 2}
+    assert [r["id"] for r in _manifest(out)] == ["1"]
+    assert sorted(p.name for p in out.rglob("*")) == ["import_report.json", "manifest.jsonl"]
+
+
+def test_json_nested_too_deeply_is_bad_json(tmp_path):
+    src, out = tmp_path / "src", tmp_path / "data"
+    src.mkdir()
+    (src / "qa.jsonl").write_text('{"question": "what color is a lime?", "answer": "green"}\n'
+                                  + "[" * 100_000 + "\n")
+    report = import_qa(src / "qa.jsonl", out)
+    assert report.kept == 1 and report.skipped == {"bad_json": 1}
