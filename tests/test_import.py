@@ -183,3 +183,21 @@ def test_json_nested_too_deeply_is_bad_json(tmp_path):
                                   + "[" * 100_000 + "\n")
     report = import_qa(src / "qa.jsonl", out)
     assert report.kept == 1 and report.skipped == {"bad_json": 1}
+
+
+def test_a_caption_sidecar_is_confined_to_the_folder_like_images(tmp_path):
+    """A `.txt` sidecar that links outside the photo folder is refused and counted, never read: its text
+    (here someone's secret) must not end up in the dataset."""
+    src = tmp_path / "photos"
+    _png(src / "a.png")
+    (src / "a.txt").write_text("a red square")
+    _png(src / "b.png")
+    secret = tmp_path / "elsewhere" / "secret.txt"
+    secret.parent.mkdir()
+    secret.write_text("the password is hunter2")
+    os.symlink(secret, src / "b.txt")
+    out = tmp_path / "data"
+    report = import_captions(src, out)
+    assert report.kept == 2 and report.skipped == {"path_outside_root": 1}
+    assert "hunter2" not in (out / "manifest.jsonl").read_text()
+    assert _report(out)["examples"]["path_outside_root"][0]["where"] == "b.png"

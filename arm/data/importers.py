@@ -106,17 +106,20 @@ def forget_world_parameters(folder: Path) -> None:
                   "tracks the imported data")
 
 
-def _read_sidecar(path: Path, limits: Limits) -> str:
+def _read_sidecar(root: Path, rel: str, limits: Limits) -> str:
+    """The caption in `rel`, which, like an image, must not lead out of the folder: a link to a file
+    elsewhere would copy that file's text into the dataset."""
+    path = resolve_inside(root, rel)
     if not path.is_file():
-        raise Skip(MISSING_FILE, f"{path.name} (the caption sidecar) does not exist")
+        raise Skip(MISSING_FILE, f"{rel} (the caption sidecar) does not exist")
     try:
         text = path.read_bytes().decode("utf-8").strip()
     except UnicodeDecodeError as e:
-        raise Skip(BAD_UTF8, f"{path.name} is not valid UTF-8 (byte {e.start})") from None
+        raise Skip(BAD_UTF8, f"{rel} is not valid UTF-8 (byte {e.start})") from None
     if not text:
-        raise Skip(EMPTY_TEXT, f"{path.name} is empty")
+        raise Skip(EMPTY_TEXT, f"{rel} is empty")
     if len(text) > limits.max_text_chars:
-        raise Skip(TEXT_TOO_LONG, f"{path.name} has {len(text)} characters; the limit is {limits.max_text_chars}")
+        raise Skip(TEXT_TOO_LONG, f"{rel} has {len(text)} characters; the limit is {limits.max_text_chars}")
     return text
 
 
@@ -132,8 +135,8 @@ def import_captions(src: str | Path, out: str | Path, limits: Limits = Limits(),
         rel = image.relative_to(root).as_posix()
         stem = rel.rsplit(".", 1)[0]
         try:
-            text = _read_sidecar(image.with_suffix(".txt"), limits)
             resolve_inside(root, rel)  # a symlink out of the folder
+            text = _read_sidecar(root, image.with_suffix(".txt").relative_to(root).as_posix(), limits)
             check_image(image, limits)
         except Skip as e:
             report.skip(rel, e)
