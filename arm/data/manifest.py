@@ -91,8 +91,8 @@ class Report:
         return {"kept": self.kept, "skipped_total": sum(self.skipped.values()),
                 "skipped": dict(sorted(self.skipped.items())), "examples": self.samples}
 
-    def write(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
     def summary(self) -> str:
         if not self.skipped:
