@@ -331,7 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help="folder (captions) or JSONL file (jsonl, edits, qa)")
     p.add_argument("--out", help="dataset folder (default: data.root)")
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--append", action="store_true", help="add to an existing manifest")
+    mode.add_argument("--append", action="store_true",
+                      help="add to an existing manifest (its images stay: another picture of a name goes beside it)")
     mode.add_argument("--overwrite", action="store_true", help="replace an existing manifest")
     _add_config_args(p)
     p.set_defaults(func=cmd_import)
