@@ -316,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-holdout-scenes", type=int, help="compositional hold-out scenes")
     p.add_argument("--size", type=int, help="image side in pixels (default: data.image_size)")
     p.add_argument("--seed", type=int, help="world seed (default: data.seed)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing world in --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a world generated earlier in --out (only its own files; other data is refused)")
     p.add_argument("--track", action="store_true", help="then `dvc add` it and record the parameters in its .dvc")
     _add_config_args(p)
     p.set_defaults(func=cmd_world_generate)
@@ -330,7 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help="folder (captions) or JSONL file (jsonl, edits, qa)")
     p.add_argument("--out", help="dataset folder (default: data.root)")
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--append", action="store_true", help="add to an existing manifest")
+    mode.add_argument("--append", action="store_true",
+                      help="add to an existing manifest (its images stay: another picture of a name goes beside it)")
     mode.add_argument("--overwrite", action="store_true", help="replace an existing manifest")
     _add_config_args(p)
     p.set_defaults(func=cmd_import)

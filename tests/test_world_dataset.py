@@ -118,3 +118,83 @@ def test_knowledge_prompts_in_test_use_held_out_things(tmp_path):
     things = [r["meta"]["spec"]["thing"] for r in _records(out)
               if r["task"] == "t2i" and r["split"] == "test" and r["meta"]["spec"]["category"] == "knowledge"]
     assert any(t in HELD_OUT_THINGS for t in things) and any(t not in HELD_OUT_THINGS for t in things)
+
+
+WORLD_ARGS = ["--num-scenes", "4", "--num-eval-scenes", "1", "--num-holdout-scenes", "1", "--size", "32"]
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def _photos(folder: Path) -> Path:
+    folder.mkdir()
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(folder / "a.png")
+    (folder / "a.txt").write_text("a red square")
+    return folder
+
+
+def test_overwrite_refuses_a_folder_of_imported_data(tmp_path, capsys):
+    """`arm world generate --overwrite` over a user's imported dataset would delete their pictures: it
+    refuses in one line that says why, and leaves every file as it was."""
+    from arm.cli import main
+    from arm.data.importers import import_captions
+
+    data = tmp_path / "data"
+    import_captions(_photos(tmp_path / "photos"), data)
+    before = _files(data)
+    assert main(["world", "generate", "--out", str(data), "--overwrite", *WORLD_ARGS]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not a Shapes world" in err and "world.json" in err
+    assert _files(data) == before
+
+
+def test_overwrite_refuses_a_world_with_imported_records(tmp_path, capsys):
+    """A world with the user's records appended is not what the generator wrote: regenerating it would
+    drop those records."""
+    from arm.cli import main
+    from arm.data.importers import import_captions
+
+    data = tmp_path / "data"
+    generate_world(data, WorldSpec(num_scenes=4, num_eval_scenes=1, num_holdout_scenes=1, size=32))
+    import_captions(_photos(tmp_path / "photos"), data, mode="append")
+    before = _files(data)
+    assert main(["world", "generate", "--out", str(data), "--overwrite", *WORLD_ARGS]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'a:caption'" in err
+    assert _files(data) == before
+
+
+def test_overwrite_replaces_the_world_and_nothing_else(tmp_path):
+    """Over a world, --overwrite writes the new world (the same bytes as a fresh folder) and keeps what
+    the generator did not write: a note, a picture of the user's in images/."""
+    from arm.cli import main
+
+    data, fresh = tmp_path / "data", tmp_path / "fresh"
+    assert main(["world", "generate", "--out", str(data), *WORLD_ARGS, "--num-scenes", "8"]) == 0
+    (data / "notes.txt").write_text("mine")
+    Image.new("RGB", (4, 4)).save(data / "images" / "train" / "mine.png")
+    mine = (data / "images" / "train" / "mine.png").read_bytes()
+    assert main(["world", "generate", "--out", str(data), "--overwrite", *WORLD_ARGS]) == 0
+    assert main(["world", "generate", "--out", str(fresh), *WORLD_ARGS]) == 0
+    kept = _files(data)
+    assert kept.pop("notes.txt") == b"mine" and kept.pop("images/train/mine.png") == mine
+    assert kept == _files(fresh)
+
+
+def test_a_stopped_generation_leaves_no_manifest_and_can_be_overwritten(tmp_path):
+    """A generation stopped midway leaves no manifest (so `arm data ensure` never takes half a world for
+    the data) and is marked as the generator's, so --overwrite may replace it."""
+    data, fresh = tmp_path / "data", tmp_path / "fresh"
+    spec = WorldSpec(num_scenes=4, num_eval_scenes=1, num_holdout_scenes=1, size=32)
+
+    def stop(done, total):
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        generate_world(data, spec, progress=stop)
+    assert not (data / "manifest.jsonl").exists() and list((data / "images" / "train").iterdir())
+    generate_world(data, spec, overwrite=True)
+    generate_world(fresh, spec)
+    assert _files(data) == _files(fresh)

@@ -91,8 +91,8 @@ class Report:
         return {"kept": self.kept, "skipped_total": sum(self.skipped.values()),
                 "skipped": dict(sorted(self.skipped.items())), "examples": self.samples}
 
-    def write(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
     def summary(self) -> str:
         if not self.skipped:
@@ -102,15 +102,25 @@ class Report:
 
 
 def decode_line(raw: bytes) -> dict:
-    """One manifest line (bytes) to a dict, or Skip (bad UTF-8, bad JSON, not an object)."""
+    """One manifest line (bytes) to a dict, or Skip (bad UTF-8, lone surrogates included; bad JSON, nested
+    too deeply included; not an object)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise Skip(BAD_UTF8, f"not valid UTF-8 at byte {e.start}") from None
     try:
         value = json.loads(text)
+        if "\\u" in text:   # only an escape can make a lone surrogate: the text itself decoded strictly
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
     except json.JSONDecodeError as e:
         raise Skip(BAD_JSON, f"not valid JSON ({e.msg} at column {e.colno})") from None
+    except RecursionError:
+        raise Skip(BAD_JSON, "nested too deeply to read") from None
+    except UnicodeEncodeError as e:
+        # JSON's \ud800 escapes half of a UTF-16 pair, which no UTF-8 text holds: the record could not be
+        # written into a manifest, nor its text tokenized.
+        raise Skip(BAD_UTF8, f"holds a lone UTF-16 surrogate ({e.object[e.start]!r}); fix the escaping of the "
+                   "program that wrote the line") from None
     if not isinstance(value, dict):
         raise Skip(WRONG_TYPE, f"a record must be a JSON object, got {type(value).__name__}")
     return value

@@ -28,7 +28,7 @@ record and an edit; `train` and `test` also get the 18 text-only knowledge quest
 from __future__ import annotations
 
 import json
-import shutil
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -139,24 +139,66 @@ def dumps(record: dict) -> str:
     return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+# What the generator writes, and so all that --overwrite may delete.
+WORLD_FILES = ("manifest.jsonl", "manifest.jsonl.tmp", "world.json")
+WORLD_IMAGE = r"{split}-\d{{6}}(-edit)?\.png"
+WORLD_ID = re.compile(r"(train|val|test|holdout)-(\d{6}-(caption|vqa\d+|t2i|edit)|text-\d{2})")
+
+
+def check_is_world(out: Path) -> None:
+    """Refuse (ValueError, saying why) a folder that holds anything but a world the generator wrote:
+    imported data, or a world with imported records appended. --overwrite would lose them."""
+    if not (out / "world.json").is_file():
+        raise ValueError(f"{out} is not a Shapes world (it has no world.json): it holds data the generator did "
+                         "not write, which --overwrite would delete; choose another --out, or move it away first")
+    manifest = out / "manifest.jsonl"
+    if not manifest.is_file():
+        return
+    with open(manifest, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                rid = json.loads(line).get("id")
+            except (ValueError, AttributeError):
+                rid = None
+            if not isinstance(rid, str) or not WORLD_ID.fullmatch(rid):
+                raise ValueError(f"{manifest} line {number} (id {rid!r}) is not a record the world generator "
+                                 "wrote (an import?), and --overwrite would drop it; choose another --out, or "
+                                 "move the folder away first")
+
+
+def remove_world(out: Path) -> None:
+    """Delete the files an earlier generation wrote into `out` (after `check_is_world`), nothing else: a
+    file of the user's, in `images/` or beside it, stays."""
+    for name in WORLD_FILES:
+        (out / name).unlink(missing_ok=True)
+    for split in SPLITS:
+        folder, pattern = out / "images" / split, re.compile(WORLD_IMAGE.format(split=split))
+        if folder.is_dir():
+            for path in folder.iterdir():
+                if pattern.fullmatch(path.name) and path.is_file():
+                    path.unlink()
+
+
 def generate_world(out: str | Path, spec: WorldSpec, *, overwrite: bool = False, progress=None) -> dict:
     """Write the dataset to `out`; returns counts per split and task. Refuses to write into a non-empty
-    folder unless `overwrite` (which replaces only the world's own files)."""
+    folder unless `overwrite`, which replaces only a world's own files, and refuses a folder that holds
+    anything the generator did not write (`check_is_world`)."""
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ValueError(f"{out} is not empty; pass --overwrite to replace it or choose another --out")
-    if overwrite:
-        for name in ("images", "manifest.jsonl", "world.json"):
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise ValueError(f"{out} is not empty; pass --overwrite to replace it or choose another --out")
+        check_is_world(out)
+        remove_world(out)
     counts: dict[str, dict[str, int]] = {}
     total = sum(spec.count(s) for s in SPLITS)
     done = 0
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "manifest.jsonl", "w", encoding="utf-8", newline="\n") as manifest:
+    # world.json first (its counts come last) marks the folder as the generator's, so a generation that is
+    # stopped can be overwritten; the manifest appears whole, at the end, or not at all.
+    write_world_json(out, spec, counts=None)
+    with open(out / "manifest.jsonl.tmp", "w", encoding="utf-8", newline="\n") as manifest:
         for split in SPLITS:
             (out / "images" / split).mkdir(parents=True, exist_ok=True)
             split_counts = counts.setdefault(split, {})
@@ -174,7 +216,12 @@ def generate_world(out: str | Path, spec: WorldSpec, *, overwrite: bool = False,
                 for r in knowledge_records(split):
                     manifest.write(dumps(r) + "\n")
                     split_counts["text"] = split_counts.get("text", 0) + 1
+    (out / "manifest.jsonl.tmp").replace(out / "manifest.jsonl")
+    write_world_json(out, spec, counts)
+    return counts
+
+
+def write_world_json(out: Path, spec: WorldSpec, counts: dict | None) -> None:
     (out / "world.json").write_text(json.dumps({"version": WORLD_VERSION, **asdict(spec), "counts": counts},
                                                indent=2, sort_keys=True) + "\n")
-    return counts
 
