@@ -109,7 +109,7 @@ def rl_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict | None:
     from arm.rl.rewards import combined_reward
     from arm.rl.train import GRPOModule
     from arm.tokenizer.model import VisualTokenizer
-    from arm.training import stage_trainer, start_stage, write_metrics
+    from arm.training import fit, stage_trainer, start_stage, write_metrics
 
     # Checkpoints hold the weights after each step's update, which is what resuming needs.
     warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
@@ -143,11 +143,11 @@ def rl_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict | None:
     log_name = "rl" if not r.out_dir else f"rl-{out.name}"
     warn_if_bf16_is_emulated(r.precision, r.accelerator, "rl.precision")
     trainer = stage_trainer(
-        "rl", cfg.run.log_dir, ckpt_dir, max_steps=total_updates,
+        "rl", cfg.run.log_dir, ckpt_dir, stamp=stamp, max_steps=total_updates,
         checkpoint_every=max(1, r.checkpoint_every_steps * r.inner_updates), stop_at_step=stop_at_step,
         log_name=log_name, accelerator=r.accelerator, devices=r.devices, precision=r.precision,
         use_distributed_sampler=False, log_every_n_steps=1, limit_val_batches=0)
-    trainer.fit(module, loader, ckpt_path=str(resume) if resume else None)
+    fit(trainer, module, loader, resume=resume)
     if stop_at_step or trainer.global_rank != 0:
         return None
     if out.exists():
