@@ -13,7 +13,6 @@ unchanged.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
 from dataclasses import asdict
@@ -26,8 +25,9 @@ from arm.config import ArmConfig
 from arm.model.data import EvalBatches, TaskMixBatches, TaskRecords, fit_to_data
 from arm.model.positions import ImagePositions
 from arm.model.sequences import DESCRIBE
-from arm.model.saved import UnifiedModelInfo, save_unified_model
+from arm.model.saved import UNIFIED_MODEL_FILES, UnifiedModelInfo, save_unified_model
 from arm.model.vocab import Vocab
+from arm.outputs import clear_outputs, refuse_foreign_files
 from arm.precision import warn_if_bf16_is_emulated
 from arm.training import fit, stage_trainer, start_stage, write_metrics
 
@@ -151,6 +151,8 @@ def pretrain_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict |
     started = time.monotonic()
     prepare_dir, encode_dir = cfg.stage_dir("prepare"), cfg.stage_dir("encode")
     out, ckpt_dir = cfg.stage_dir("pretrain"), cfg.artifacts / "checkpoints" / "pretrain"
+    written_besides = (ckpt_dir, cfg.run.log_dir)   # inside `out` only if the config puts them there
+    refuse_foreign_files(out, UNIFIED_MODEL_FILES, "pretrain", kept=written_besides)
     if not (encode_dir / "summary.json").exists():
         raise ValueError(f"{encode_dir} has no image codes; run `arm encode` (or `dvc repro encode`) first")
     start_stage(p.seed)
@@ -210,8 +212,7 @@ def pretrain_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict |
     model = full_model(module.model)
     if trainer.global_rank != 0:
         return None
-    if out.exists():
-        shutil.rmtree(out)
+    clear_outputs(out, UNIFIED_MODEL_FILES, kept=written_besides)
     metrics = {"train_minutes": round(minutes, 2), "steps": p.max_steps,
                "parameters": sum(x.numel() for x in module.model.parameters()),
                **{k: float(v) for k, v in val_metrics.items()}}
