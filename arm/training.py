@@ -44,12 +44,14 @@ def stage_trainer(name: str, log_dir: str | Path, ckpt_dir: str | Path, *, stamp
     from lightning.pytorch.loggers import TensorBoardLogger
 
     on_terminal = sys.stderr.isatty()
+    # Always `last.ckpt`, the one file resume_point reads: by default Lightning saves beside another run's
+    # `last.ckpt` as `last-v1.ckpt`, and this run could never resume its own checkpoints.
+    checkpoints = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=checkpoint_every,
+                                  save_top_k=0, enable_version_counter=False)
     return L.Trainer(
         max_steps=max_steps, max_epochs=-1,
         logger=TensorBoardLogger(str(log_dir), name=log_name or name, version="", default_hp_metric=False),
-        callbacks=[ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=checkpoint_every,
-                                   save_top_k=0),
-                   LearningRateMonitor(logging_interval="step"), stamp_checkpoints(stamp)]
+        callbacks=[checkpoints, LearningRateMonitor(logging_interval="step"), stamp_checkpoints(stamp)]
         + ([] if on_terminal else [training_progress(name)]) + list(callbacks)
         + ([stop_at(stop_at_step)] if stop_at_step else []),
         enable_progress_bar=on_terminal, enable_model_summary=False, num_sanity_val_steps=0, **trainer_args)

@@ -116,6 +116,17 @@ def test_the_trainer_stamps_every_checkpoint_it_saves(tmp_path):
     assert resume_point(tmp_path / "ckpt", "run-b", "demo") == (None, 0)
 
 
+def test_another_runs_checkpoint_is_replaced_by_this_runs_own(tmp_path):
+    """Lightning would save beside an existing `last.ckpt` as `last-v1.ckpt`, which nothing resumes."""
+    from arm.training import fit
+
+    fit(line_trainer(tmp_path, "run-a"), Line(), torch.ones(4, 1))
+    assert resume_point(tmp_path / "ckpt", "run-b", "demo") == (None, 0)
+    fit(line_trainer(tmp_path, "run-b"), Line(), torch.ones(4, 1))
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["last.ckpt"]
+    assert resume_point(tmp_path / "ckpt", "run-b", "demo")[1] == 2
+
+
 def test_lightning_resumes_weights_only_even_when_the_environment_asks_otherwise(tmp_path, monkeypatch):
     """TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD turns off weights-only loading wherever a caller left it unsaid,
     as Lightning does unless told; `fit` says it, so the checkpoint cannot run code."""

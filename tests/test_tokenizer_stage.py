@@ -88,17 +88,33 @@ def test_encode_writes_codes_for_every_image(prepared):
     assert np.array_equal(model.encode(to_tensor(pixels[:16])).numpy(), codes[:16].astype(np.int64))
 
 
-def test_a_run_that_stops_before_its_first_checkpoint_does_not_later_resume_another_runs(prepared, capsys):
-    """Run X leaves `last.ckpt` at step 3; a run of another configuration Y stops at step 1, before its
-    first checkpoint (every 3 steps). Started again, Y trains from step 0: X's checkpoint is not Y's."""
+class Killed(Exception):
+    """A run's death (a lost machine, SIGKILL), where no code of the run gets to save anything."""
+
+
+def killed(*args, **kwargs):
+    raise Killed
+
+
+def test_a_run_killed_before_its_first_checkpoint_does_not_later_resume_another_runs(prepared, capsys, monkeypatch):
+    """Run X leaves `last.ckpt` at step 3. A run of another configuration Y dies before its first
+    checkpoint (here as its trainer is built, after it looked for a checkpoint to resume). Started
+    again, Y trains from step 0: X's checkpoint is not Y's. Y's own checkpoints then replace X's, and Y
+    started once more resumes its own."""
     assert tokenizer_stage(prepared, stop_at_step=3) is None
     other = load_config("configs/default.yaml", [f"data.root={prepared.data.root}",
                                                  f"run.artifacts_dir={prepared.artifacts}",
                                                  f"run.log_dir={prepared.run.log_dir}", *TINY, "tokenizer.lr=0.001"])
-    assert tokenizer_stage(other, stop_at_step=1) is None
+    with monkeypatch.context() as patched:
+        patched.setattr("arm.training.stage_trainer", killed)
+        with pytest.raises(Killed):
+            tokenizer_stage(other)
     capsys.readouterr()
     tokenizer_stage(other)
     assert "resuming from" not in capsys.readouterr().err
+    tokenizer_stage(other)
+    assert "resuming from" in capsys.readouterr().err
+    assert sorted(p.name for p in (prepared.artifacts / "checkpoints" / "tokenizer").iterdir()) == ["last.ckpt"]
 
 
 class RunsOnLoad:
