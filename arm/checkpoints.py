@@ -17,7 +17,7 @@ import zipfile
 from pathlib import Path
 
 # Where a checkpoint keeps the fingerprint of the run that wrote it. Inside the checkpoint rather than
-# in a file beside it: a file beside it could describe another run's checkpoint (a run that stopped
+# in a file beside it: a file beside it could describe another run's checkpoint (a run killed
 # before its first save), and then the wrong run would resume.
 FINGERPRINT_KEY = "arm_fingerprint"
 

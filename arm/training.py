@@ -36,8 +36,9 @@ def stage_trainer(name: str, log_dir: str | Path, ckpt_dir: str | Path, *, stamp
                   checkpoint_every: int, stop_at_step: int | None = None, callbacks: list | tuple = (),
                   log_name: str | None = None, **trainer_args):
     """A Lightning Trainer for stage `name`: `max_steps` optimiser steps, `last.ckpt` in `ckpt_dir` every
-    `checkpoint_every` steps carrying the run's fingerprint `stamp` (`arm.checkpoints`), TensorBoard in `log_dir/<log_name or name>`, the learning rate logged, progress
-    shown, and `stop_at_step` stopping it as an interruption would. `trainer_args` go to the Trainer
+    `checkpoint_every` steps carrying the run's fingerprint `stamp` (`arm.checkpoints`), TensorBoard in
+    `log_dir/<log_name or name>`, the learning rate logged, progress shown, and `stop_at_step` stopping
+    it as an interruption would. `trainer_args` go to the Trainer
     (devices, strategy, precision, validation cadence)."""
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
