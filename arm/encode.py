@@ -18,8 +18,11 @@ import torch
 from arm.config import SPLITS, ArmConfig
 from arm.data.shards import shard_paths
 from arm.images import to_tensor
+from arm.outputs import clear_outputs, refuse_foreign_files
 from arm.progress import progress
 from arm.tokenizer.model import VisualTokenizer
+
+OUTPUTS = (*(f"{split}-*.npz" for split in SPLITS), "summary.json")
 
 
 def load_codes(encode_dir: str | Path, split: str) -> tuple[list[str], np.ndarray]:
@@ -34,11 +37,11 @@ def load_codes(encode_dir: str | Path, split: str) -> tuple[list[str], np.ndarra
 
 def encode_stage(cfg: ArmConfig, batch_size: int = 256) -> dict:
     prepare_dir, out = cfg.stage_dir("prepare"), cfg.stage_dir("encode")
+    refuse_foreign_files(out, OUTPUTS, "encode")
     model = VisualTokenizer.load(cfg.stage_dir("tokenizer"))
     dtype = np.uint16 if model.codebook_size <= np.iinfo(np.uint16).max + 1 else np.int32
+    clear_outputs(out, OUTPUTS)
     out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("*.npz"):
-        old.unlink()
     counts = {}
     for split in SPLITS:
         total = 0

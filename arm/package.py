@@ -21,8 +21,10 @@ import sys
 from pathlib import Path
 
 from arm.config import ArmConfig, to_yaml
+from arm.outputs import clear_outputs, refuse_foreign_files
 from arm.processes import executable
 
+OUTPUTS = ("arm.bento", "package.json")
 
 
 def lineage(cfg: ArmConfig, stage: str) -> dict:
@@ -53,6 +55,7 @@ def package_stage(cfg: ArmConfig) -> dict:
     pk = cfg.package
     model_dir = cfg.model_dir(pk.model)
     tokenizer_dir, out = cfg.stage_dir("tokenizer"), cfg.stage_dir("package")
+    refuse_foreign_files(out, OUTPUTS, "package")
     for folder, stage in ((model_dir, pk.model), (tokenizer_dir, "tokenizer")):
         if not (folder / "model.safetensors").is_file():
             raise ValueError(f"{folder} has no trained model; run `arm {stage}` (or `dvc repro {stage}`) first")
@@ -77,9 +80,8 @@ def package_stage(cfg: ArmConfig) -> dict:
     if build.returncode != 0:
         raise RuntimeError(f"bentoml build failed:\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}")
     bento_tag = build.stdout.strip().splitlines()[-1].replace("__tag__:", "").strip()
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    clear_outputs(out, OUTPUTS)
+    out.mkdir(parents=True, exist_ok=True)
     export = subprocess.run([executable("bentoml"), "export", bento_tag, str((out / "arm.bento").resolve())], capture_output=True, text=True,
                             env=env)
     if export.returncode != 0:

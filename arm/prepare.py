@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -23,8 +22,11 @@ from PIL import Image
 from arm.config import SPLITS, ArmConfig
 from arm.data.manifest import IMAGE_FIELDS, Limits, Report, read_manifest
 from arm.images import square_rgb
+from arm.outputs import clear_outputs, refuse_foreign_files
 from arm.progress import progress
 from arm.text_tokenizer import load_tokenizer, train_bpe
+
+OUTPUTS = ("examples", "images", "tokenizer.json", "summary.json")   # the layout in arm/data/shards.py
 
 
 def assign_split(record_id: str, val_fraction: float, test_fraction: float) -> str:
@@ -104,6 +106,7 @@ def text_tokenizer_source(cfg: ArmConfig) -> str | None:
 
 def prepare(cfg: ArmConfig) -> dict:
     out = cfg.stage_dir("prepare")
+    refuse_foreign_files(out, OUTPUTS, "prepare")
     root = Path(cfg.data.root)
     report = Report()
     records = read_manifest(cfg.manifest_path, Limits.from_config(cfg.data), report)
@@ -118,8 +121,7 @@ def prepare(cfg: ArmConfig) -> dict:
         raise ValueError(f"no training records in {cfg.manifest_path}: every record has a split other than "
                          "'train'; remove the 'split' fields or mark some records 'train'")
 
-    if out.exists():
-        shutil.rmtree(out)
+    clear_outputs(out, OUTPUTS)
     (out / "examples").mkdir(parents=True)
     (out / "images").mkdir()
 

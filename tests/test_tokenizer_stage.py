@@ -86,3 +86,58 @@ def test_encode_writes_codes_for_every_image(prepared):
     pkeys, pixels = load_images(prepared.stage_dir("prepare"), "train")
     assert pkeys == keys
     assert np.array_equal(model.encode(to_tensor(pixels[:16])).numpy(), codes[:16].astype(np.int64))
+
+
+class Killed(Exception):
+    """A run's death (a lost machine, SIGKILL), where no code of the run gets to save anything."""
+
+
+def killed(*args, **kwargs):
+    raise Killed
+
+
+def test_a_run_killed_before_its_first_checkpoint_does_not_later_resume_another_runs(prepared, capsys, monkeypatch):
+    """Run X leaves `last.ckpt` at step 3. A run of another configuration Y dies before its first
+    checkpoint (here as its trainer is built, after it looked for a checkpoint to resume). Started
+    again, Y trains from step 0: X's checkpoint is not Y's. Y's own checkpoints then replace X's, and Y
+    started once more resumes its own."""
+    assert tokenizer_stage(prepared, stop_at_step=3) is None
+    other = load_config("configs/default.yaml", [f"data.root={prepared.data.root}",
+                                                 f"run.artifacts_dir={prepared.artifacts}",
+                                                 f"run.log_dir={prepared.run.log_dir}", *TINY, "tokenizer.lr=0.001"])
+    with monkeypatch.context() as patched:
+        patched.setattr("arm.training.stage_trainer", killed)
+        with pytest.raises(Killed):
+            tokenizer_stage(other)
+    capsys.readouterr()
+    tokenizer_stage(other)
+    assert "resuming from" not in capsys.readouterr().err
+    tokenizer_stage(other)
+    assert "resuming from" in capsys.readouterr().err
+    assert sorted(p.name for p in (prepared.artifacts / "checkpoints" / "tokenizer").iterdir()) == ["last.ckpt"]
+
+
+class RunsOnLoad:
+    """Pickles as a call of os.mkdir(path): loading it without weights_only makes the folder."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        import os
+
+        return os.mkdir, (self.path,)
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_kept(prepared, tmp_path):
+    """Checkpoints are read weights-only: a `last.ckpt` holding anything but tensors and plain data
+    stops the stage with an error naming the fix, runs nothing, and stays where it is."""
+    assert tokenizer_stage(prepared, stop_at_step=3) is None
+    last = prepared.artifacts / "checkpoints" / "tokenizer" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=False)
+    checkpoint["hyper_parameters"]["extra"] = RunsOnLoad(tmp_path / "ran")
+    torch.save(checkpoint, last)
+    with pytest.raises(ValueError, match="CHECKPOINT_TYPES"):
+        tokenizer_stage(prepared)
+    assert not (tmp_path / "ran").exists()
+    assert last.is_file()

@@ -28,6 +28,9 @@ import time
 from pathlib import Path
 
 from arm.config import ArmConfig
+from arm.outputs import refuse_foreign_files
+
+OUTPUTS = ("metrics.json", "scores.json", "per_sample.jsonl", "report.html", "plots")
 
 
 def write_plots(folder: Path, split: str, estimates: dict) -> None:
@@ -115,11 +118,13 @@ def evaluate_stage(cfg: ArmConfig) -> dict:
     from arm.pipeline import Pipeline
 
     e = cfg.evaluate
+    out = cfg.stage_dir("evaluate")
+    # It writes over files of its outputs' names: in another stage's folder they would be lost.
+    refuse_foreign_files(out, OUTPUTS, "evaluate", setting="evaluate.out_dir", kept=[cfg.run.log_dir])
     started = time.monotonic()
     pipe = Pipeline.load(cfg.model_dir(e.model), cfg.stage_dir("tokenizer"), batch_size=e.batch_size)
     settings = EvalSettings(limit=e.limit, samples_per_prompt=e.samples_per_prompt, seed=e.seed)
     s = pipe.sampling  # the model's own, from its sampling.json
-    out = cfg.stage_dir("evaluate")
     metrics: dict[str, float] = {}
     intervals: dict[str, dict] = {}
     report_parts = {}

@@ -26,6 +26,10 @@ from arm.config import SamplingConfig
 from arm.model.vocab import Vocab
 
 SAMPLING_FILE = "sampling.json"
+# Every name a saved unified model's folder may hold: the files above, the Hugging Face generation
+# config, and a large model's weights in shards with their index. What `pretrain` and `rl` clear there.
+UNIFIED_MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors",
+                       "model.safetensors.index.json", "vocab.json", "tokenizer.json", SAMPLING_FILE, "metrics.json")
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ unchanged.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
 from dataclasses import asdict
@@ -26,10 +25,11 @@ from arm.config import ArmConfig
 from arm.model.data import EvalBatches, TaskMixBatches, TaskRecords, fit_to_data
 from arm.model.positions import ImagePositions
 from arm.model.sequences import DESCRIBE
-from arm.model.saved import UnifiedModelInfo, save_unified_model
+from arm.model.saved import UNIFIED_MODEL_FILES, UnifiedModelInfo, save_unified_model
 from arm.model.vocab import Vocab
+from arm.outputs import clear_outputs, refuse_foreign_files
 from arm.precision import warn_if_bf16_is_emulated
-from arm.training import stage_trainer, start_stage, write_metrics
+from arm.training import fit, stage_trainer, start_stage, write_metrics
 
 
 def backbone_kwargs(cfg: ArmConfig, vocab: Vocab, grid: int) -> dict:
@@ -151,6 +151,8 @@ def pretrain_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict |
     started = time.monotonic()
     prepare_dir, encode_dir = cfg.stage_dir("prepare"), cfg.stage_dir("encode")
     out, ckpt_dir = cfg.stage_dir("pretrain"), cfg.artifacts / "checkpoints" / "pretrain"
+    written_besides = (ckpt_dir, cfg.run.log_dir)   # inside `out` only if the config puts them there
+    refuse_foreign_files(out, UNIFIED_MODEL_FILES, "pretrain", kept=written_besides)
     if not (encode_dir / "summary.json").exists():
         raise ValueError(f"{encode_dir} has no image codes; run `arm encode` (or `dvc repro encode`) first")
     start_stage(p.seed)
@@ -192,15 +194,16 @@ def pretrain_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict |
         samples = [WorldSamples(prepare_dir, cfg.stage_dir("tokenizer"), info, tokenizer, cfg.sampling,
                                 p.sample_every_steps, p.sample_records_per_task)]
     trainer = stage_trainer(
-        "pretrain", cfg.run.log_dir, ckpt_dir, max_steps=p.max_steps, checkpoint_every=p.val_every_steps,
-        stop_at_step=stop_at_step, callbacks=samples, accelerator=p.accelerator, devices=p.devices,
-        num_nodes=p.num_nodes, strategy=training_strategy(p), precision="32-true" if fsdp_bf16 else p.precision,
+        "pretrain", cfg.run.log_dir, ckpt_dir, stamp=stamp, max_steps=p.max_steps,
+        checkpoint_every=p.val_every_steps, stop_at_step=stop_at_step, callbacks=samples,
+        accelerator=p.accelerator, devices=p.devices, num_nodes=p.num_nodes, strategy=training_strategy(p),
+        precision="32-true" if fsdp_bf16 else p.precision,
         use_distributed_sampler=False, accumulate_grad_batches=p.accumulate_grad_batches,
         gradient_clip_val=p.grad_clip or None,
         val_check_interval=min(p.val_every_steps * p.accumulate_grad_batches, max(1, len(batches))),
         check_val_every_n_epoch=None, log_every_n_steps=max(1, min(25, p.max_steps // 5)))
     # Always fit: resuming a finished run restores its weights and then stops at once.
-    trainer.fit(module, loader, val_loader, ckpt_path=str(resume) if resume else None)
+    fit(trainer, module, loader, val_loader, resume=resume)
     if stop_at_step:
         return None
     minutes = (time.monotonic() - started) / 60
@@ -209,8 +212,7 @@ def pretrain_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict |
     model = full_model(module.model)
     if trainer.global_rank != 0:
         return None
-    if out.exists():
-        shutil.rmtree(out)
+    clear_outputs(out, UNIFIED_MODEL_FILES, kept=written_besides)
     metrics = {"train_minutes": round(minutes, 2), "steps": p.max_steps,
                "parameters": sum(x.numel() for x in module.model.parameters()),
                **{k: float(v) for k, v in val_metrics.items()}}

@@ -27,6 +27,7 @@ import torch
 
 from arm.checkpoints import fingerprint, resume_point, source_files
 from arm.config import ArmConfig
+from arm.outputs import clear_outputs, refuse_foreign_files
 from arm.precision import warn_if_bf16_is_emulated
 
 
@@ -104,12 +105,12 @@ def copy_unchanged(source, out, reason: str, mode: str, sampling) -> dict:
 
 
 def rl_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict | None:
-    from arm.model.saved import load_unified_model, save_unified_model
+    from arm.model.saved import UNIFIED_MODEL_FILES, load_unified_model, save_unified_model
     from arm.rl.data import RLPrompts
     from arm.rl.rewards import combined_reward
     from arm.rl.train import GRPOModule
     from arm.tokenizer.model import VisualTokenizer
-    from arm.training import stage_trainer, start_stage, write_metrics
+    from arm.training import fit, stage_trainer, start_stage, write_metrics
 
     # Checkpoints hold the weights after each step's update, which is what resuming needs.
     warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
@@ -119,8 +120,11 @@ def rl_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict | None:
     ckpt_dir = out / "checkpoints" if r.out_dir else cfg.artifacts / "checkpoints" / "rl"
     if out.resolve() == source.resolve():
         raise ValueError(f"rl.out_dir {out} is the folder RL starts from; choose another folder")
+    written_besides = (ckpt_dir, cfg.run.log_dir)   # the run's checkpoints and logs, when inside `out`
+    refuse_foreign_files(out, UNIFIED_MODEL_FILES, "rl", setting="rl.out_dir", kept=written_besides)
     world, reason = rl_data(cfg)
     if world is None:
+        clear_outputs(out, UNIFIED_MODEL_FILES, kept=written_besides)
         return copy_unchanged(source, out, reason, r.mode, cfg.sampling)
     start_stage(r.seed)
     model, info, text_tokenizer = load_unified_model(source)
@@ -143,17 +147,14 @@ def rl_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict | None:
     log_name = "rl" if not r.out_dir else f"rl-{out.name}"
     warn_if_bf16_is_emulated(r.precision, r.accelerator, "rl.precision")
     trainer = stage_trainer(
-        "rl", cfg.run.log_dir, ckpt_dir, max_steps=total_updates,
+        "rl", cfg.run.log_dir, ckpt_dir, stamp=stamp, max_steps=total_updates,
         checkpoint_every=max(1, r.checkpoint_every_steps * r.inner_updates), stop_at_step=stop_at_step,
         log_name=log_name, accelerator=r.accelerator, devices=r.devices, precision=r.precision,
         use_distributed_sampler=False, log_every_n_steps=1, limit_val_batches=0)
-    trainer.fit(module, loader, ckpt_path=str(resume) if resume else None)
+    fit(trainer, module, loader, resume=resume)
     if stop_at_step or trainer.global_rank != 0:
         return None
-    if out.exists():
-        for item in out.iterdir():  # keep a checkpoints folder living inside out_dir
-            if item != ckpt_dir:
-                shutil.rmtree(item) if item.is_dir() else item.unlink()
+    clear_outputs(out, UNIFIED_MODEL_FILES, kept=written_besides)
     metrics = {"train_minutes": round((time.monotonic() - started) / 60, 2), "steps": r.max_steps,
                "mode": r.mode, "samples": r.max_steps * r.prompts_per_step * r.group_size,
                **reward_summary(module.history)}

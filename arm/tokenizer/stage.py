@@ -54,7 +54,7 @@ def tokenizer_stage(cfg: ArmConfig, *, max_steps: int | None = None, stop_at_ste
     """Train, evaluate and save. With `stop_at_step`, stop there without writing outputs, leaving only the
     checkpoint an interrupted run would leave."""
     from arm.text_tokenizer import load_tokenizer
-    from arm.training import stage_trainer, start_stage, write_metrics
+    from arm.training import fit, stage_trainer, start_stage, write_metrics
 
     t = cfg.tokenizer
     max_steps = max_steps or t.max_steps
@@ -99,12 +99,13 @@ def tokenizer_stage(cfg: ArmConfig, *, max_steps: int | None = None, stop_at_ste
     loader = torch.utils.data.DataLoader(train_batches, batch_size=None, shuffle=False)
     val_loader = torch.utils.data.DataLoader(val_batches, batch_size=None, shuffle=False)
     trainer = stage_trainer(
-        "tokenizer", cfg.run.log_dir, ckpt_dir, max_steps=max_steps, checkpoint_every=t.val_every_steps,
-        stop_at_step=stop_at_step, accelerator=t.accelerator, devices=t.devices, precision=t.precision,
+        "tokenizer", cfg.run.log_dir, ckpt_dir, stamp=stamp, max_steps=max_steps,
+        checkpoint_every=t.val_every_steps, stop_at_step=stop_at_step, accelerator=t.accelerator,
+        devices=t.devices, precision=t.precision,
         val_check_interval=min(t.val_every_steps, max(1, len(train_batches))), check_val_every_n_epoch=None,
         log_every_n_steps=max(1, min(25, max_steps // 5)), deterministic=True)
     # Always fit: resuming a finished run restores its weights and then stops at once.
-    trainer.fit(module, loader, val_loader, ckpt_path=str(resume) if resume else None)
+    fit(trainer, module, loader, val_loader, resume=resume)
     if stop_at_step:
         return None
     model = module.model.eval()
