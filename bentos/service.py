@@ -205,7 +205,8 @@ class ARM:
         return self._image_size
 
     async def _read(self, image: Path) -> str:
-        """An uploaded file -> the model's input size, as base64 PNG (checked here, decoded once)."""
+        """An uploaded file -> the model's input size, as base64 PNG: the upload is checked and shrunk here,
+        so the model service receives (and checks again) a small PNG."""
         try:
             check_upload_size(Path(image).stat().st_size)  # before reading a byte of it
             data = Path(image).read_bytes()
