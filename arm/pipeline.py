@@ -107,6 +107,27 @@ class Pipeline:
     def understanding_prompt(self, codes, question_ids: list[int]) -> list[int]:
         return understanding_prefix(self.vocab, codes, question_ids)
 
+    @property
+    def max_positions(self) -> int:
+        """The longest sequence the model has positions for (its config's max_position_embeddings)."""
+        return int(self.model.config.max_position_embeddings)
+
+    def positions_needed(self, task: str, text_ids: list[int], max_new_tokens: int = 64) -> int:
+        """How many positions one `task` call ("generate", "edit" or "understand") with this text takes:
+        its prompt plus all the model may write after it (an image, or up to `max_new_tokens` of answer;
+        a describe-first model writes its description first, as `explain_codes` runs it)."""
+        image = [0] * self.num_image_tokens  # a span's length, whatever its codes
+        if task == "generate":
+            return len(self.generation_prompt(text_ids)) + self.num_image_tokens
+        if task == "edit":
+            return len(self.edit_prompt(image, text_ids)) + self.num_image_tokens
+        if task != "understand":
+            raise ValueError(f"task must be generate, edit or understand, got {task!r}")
+        if self.info.describe_first:
+            described = [(self.text_ids(DESCRIBE), [0] * max_new_tokens)]
+            return len(understanding_turns_prefix(self.vocab, image, described, text_ids)) + max_new_tokens
+        return len(self.understanding_prompt(image, text_ids)) + max_new_tokens
+
     # --- the three tasks --------------------------------------------------------------------------------
 
     def _batches(self, n: int):
