@@ -128,3 +128,18 @@ def test_rl_config_errors_name_the_fix():
 
     with pytest.raises(ValueError, match="package.module:function"):
         resolve("nonsense")
+
+
+def test_rl_config_takes_ddp_and_names_the_fix_for_what_it_cannot_split():
+    from arm.config import load_config
+
+    cfg = load_config("configs/default.yaml", ["rl.strategy=ddp", "rl.devices=2"])
+    assert (cfg.rl.strategy, cfg.rl.devices) == ("ddp", 2)
+    for overrides, fix in ((["rl.strategy=fsdp", "rl.devices=2"], "set rl.strategy=ddp"),
+                           (["rl.devices=2"], "needs rl.strategy=ddp"),
+                           (["rl.strategy=ddp", "rl.devices=3"], "set rl.prompts_per_step=18"),
+                           (["rl.strategy=ddp", "rl.devices=2", "rl.replay_batch_size=5"], "set rl.replay_batch_size=6")):
+        with pytest.raises(ValueError, match=fix):
+            load_config("configs/default.yaml", overrides)
+    load_config("configs/default.yaml", ["rl.strategy=ddp", "rl.devices=2", "rl.replay_batch_size=5",
+                                         "rl.replay_weight=0"])   # nothing to replay, nothing to split
