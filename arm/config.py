@@ -262,7 +262,7 @@ class RLConfig:
     precision: str = MISSING
     accelerator: str = MISSING
     devices: int = MISSING
-    strategy: str = MISSING                   # auto (one device); multi-device RL is not wired yet
+    strategy: str = MISSING                   # auto (one device) | ddp (data parallel over rl.devices; docs/rl.md)
     sample_every_steps: int = MISSING             # TensorBoard grids of the best and worst sample of groups; 0 = off
     checkpoint_every_steps: int = MISSING
     seed: int = MISSING
@@ -275,9 +275,22 @@ class RLConfig:
                              f"got {self.group_size}")
         if self.mode == "joint" and self.prompts_per_step < 2:
             raise ValueError("rl.prompts_per_step must be at least 2 in joint mode (one of each task)")
-        if self.strategy != "auto" or self.devices != 1:
-            raise ValueError("rl runs on one device for now (rl.strategy=auto, rl.devices=1); multi-device RL "
-                             "(DDP / FSDP2 as in pretrain) is not wired yet")
+        if self.strategy not in ("auto", "ddp"):
+            raise ValueError(f"rl.strategy must be auto (one device) or ddp (data parallel, every process holding the "
+                             f"whole policy and its own reference), got {self.strategy!r}; RL does not shard the "
+                             "model (fsdp): set rl.strategy=ddp")
+        if self.devices < 1 or (self.devices > 1 and self.strategy != "ddp"):
+            raise ValueError(f"rl.devices={self.devices} needs rl.strategy=ddp (rollouts and gradients split "
+                             "across processes), or rl.devices=1")
+        world = self.devices if self.strategy == "ddp" else 1
+        if self.prompts_per_step % world:
+            raise ValueError(f"rl.prompts_per_step {self.prompts_per_step} must be a multiple of rl.devices ({world}): "
+                             "each process rolls out the whole groups of an equal share of the step's prompts; "
+                             f"set rl.prompts_per_step={-(-self.prompts_per_step // world) * world}")
+        if self.replay_weight > 0 and self.replay_batch_size % world:
+            raise ValueError(f"rl.replay_batch_size {self.replay_batch_size} must be a multiple of rl.devices "
+                             f"({world}): each process replays an equal share; set rl.replay_batch_size="
+                             f"{-(-self.replay_batch_size // world) * world} (or rl.replay_weight=0)")
         if not any(self.rewards.values()):
             raise ValueError("rl.rewards must give at least one reward a non-zero weight")
 

@@ -30,12 +30,24 @@ from arm.model.sequences import editing_prefix, generation_prefix, understanding
 from arm.tokenizer.model import VisualTokenizer
 
 
-def row_samplings(sampling: SamplingConfig, seed: int | None, start: int, stop: int) -> list[Sampling] | Sampling:
+def row_samplings(sampling: SamplingConfig, seed: int | list[int] | None, start: int, stop: int) -> list[Sampling] | Sampling:
     """The engine's sampling for rows start..stop-1 of a call: row i with its own generator seeded
-    `seed + i`, or one unseeded sampling for the batch when `seed` is None."""
+    `seed + i` (or `seed[i]`, a list naming every row's seed), or one unseeded sampling for the batch
+    when `seed` is None.
+
+    >>> s = SamplingConfig(1.0, 1.0, 1.0, 1.0, 0, 1.0)
+    >>> [r.seed for r in row_samplings(s, 10, 2, 4)], [r.seed for r in row_samplings(s, [7, 3, 9, 1], 2, 4)]
+    ([12, 13], [9, 1])
+    """
     if seed is None:
         return Sampling(sampling.temperature, sampling.top_k, sampling.top_p, None)
-    return [Sampling(sampling.temperature, sampling.top_k, sampling.top_p, seed + i) for i in range(start, stop)]
+    seeds = seed[start:stop] if isinstance(seed, (list, tuple)) else [seed + i for i in range(start, stop)]
+    return [Sampling(sampling.temperature, sampling.top_k, sampling.top_p, int(s)) for s in seeds]
+
+
+def check_seeds(seed, rows: int) -> None:
+    if isinstance(seed, (list, tuple)) and len(seed) != rows:
+        raise ValueError(f"{len(seed)} seeds for {rows} rows: give one seed per row, or one int (row i: seed + i)")
 
 
 class Pipeline:
@@ -134,11 +146,12 @@ class Pipeline:
         for start in range(0, n, self.batch_size):
             yield start, min(n, start + self.batch_size)
 
-    def generate_codes(self, prompts: list[str], seed: int | None = 0,
+    def generate_codes(self, prompts: list[str], seed: int | list[int] | None = 0,
                        sampling: SamplingConfig | None = None) -> np.ndarray:
         """Text -> (N, g*g) image codes, guided (uncond = the empty prompt) when the generation guidance
-        != 1; `sampling` None: the model's own."""
+        != 1; `sampling` None: the model's own; `seed` one int (row i: seed + i) or one per row."""
         s = sampling or self.sampling
+        check_seeds(seed, len(prompts))
         out = []
         for a, b in self._batches(len(prompts)):
             cond = [self.generation_prompt(self.text_ids(p)) for p in prompts[a:b]]
@@ -152,11 +165,13 @@ class Pipeline:
         """Text -> (N, S, S, 3) uint8 images."""
         return self.decode_codes(self.generate_codes(prompts, seed, sampling))
 
-    def edit_codes(self, source_codes: np.ndarray, instructions: list[str], seed: int | None = 0,
+    def edit_codes(self, source_codes: np.ndarray, instructions: list[str], seed: int | list[int] | None = 0,
                    sampling: SamplingConfig | None = None) -> np.ndarray:
-        """(N, g*g) source codes + instructions -> (N, g*g) edited codes, with text and image guidance."""
+        """(N, g*g) source codes + instructions -> (N, g*g) edited codes, with text and image guidance;
+        `seed` as for `generate_codes`."""
         if len(source_codes) != len(instructions):
             raise ValueError(f"{len(source_codes)} source images but {len(instructions)} instructions")
+        check_seeds(seed, len(instructions))
         s = sampling or self.sampling
         out = []
         for a, b in self._batches(len(instructions)):

@@ -4,6 +4,7 @@ exact resume, and a user's own reward named in config."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -117,6 +118,58 @@ def test_a_users_reward_from_config_and_equal_rewards_leave_the_policy_unchanged
         assert torch.equal(before[key], after[key]), key
 
 
+# One step of four prompts (two of each task) x three samples: each of two processes rolls out one group
+# of each task, backpropagates its 6 sequences in micro-batches of 4 and 2 (one process: 4, 4, 4) and
+# replays its half of the understanding batch. No clipping: the gradients compared are the raw ones.
+PARITY = ["rl.max_steps=1", "rl.prompts_per_step=4", "rl.group_size=3", "rl.micro_batch_size=4",
+          "rl.replay_batch_size=4", "rl.warmup_steps=0", "rl.lr=0.001", "rl.grad_clip=0", "rl.accelerator=cpu",
+          "rl.sample_every_steps=0", "rl.checkpoint_every_steps=1"]
+
+
+def test_two_processes_take_the_one_process_grpo_step(pretrained, tmp_path):
+    """rl.strategy=ddp over two CPU processes (gloo), from the rollout one process drew: each process draws
+    its share of the step's prompts and, rolling them out itself, the very samples one process drew; the
+    averaged gradients, the weights after the step and the rewards kept are the one-process ones."""
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+    from tests.rl_parity import run
+
+    def overrides(name, *extra):
+        return [*pretrained, *PARITY, f"rl.out_dir={tmp_path / name / 'rl'}", f"run.log_dir={tmp_path / name / 'logs'}",
+                *extra]
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    metrics = run("record", one, overrides("one"))
+    two.mkdir()
+    shutil.copyfile(one / "rollout.pkl", two / "rollout.pkl")
+    done = subprocess.run([sys.executable, "-m", "tests.rl_parity", "replay", str(two),
+                           *overrides("two", "rl.strategy=ddp", "rl.devices=2")],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for rank, prompts in ((0, [0, 2]), (1, [1, 3])):       # one generation and one edit group each
+        share = torch.load(two / f"rollout-{rank}.pt")
+        assert share["prompts"] == prompts
+        assert torch.equal(share["own"], share["recorded"]), f"process {rank} drew other samples"
+    expected, got, other = (torch.load(folder / f"grads-{rank}.pt") for folder, rank in ((one, 0), (two, 0), (two, 1)))
+    for name in expected:
+        torch.testing.assert_close(got[name], other[name], rtol=0, atol=0, msg=name)   # averaged: the same on both
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-8, msg=name)
+    artifacts = next(o.split("=", 1)[1] for o in pretrained if o.startswith("run.artifacts_dir="))
+    before, after, ours = _weights(Path(artifacts) / "pretrain"), _weights(one / "rl"), _weights(two / "rl")
+    assert any(not torch.equal(before[name], after[name]) for name in before), "the step changed nothing"
+    # Adam's first step moves each weight by lr x g / (|g| + 1e-8): an output row of a code nobody sampled
+    # (g near 1e-8) turns a rounding difference of 1e-10 in g into 1e-6 of weight, so the weights are
+    # held to 1% of the step (lr 1e-3; measured: 8e-7), the gradients above to float rounding.
+    for name in after:
+        torch.testing.assert_close(ours[name], after[name], rtol=0, atol=1e-5, msg=name)
+    kept = json.loads((two / "rl" / "metrics.json").read_text())
+    assert {k: v for k, v in kept.items() if k.startswith("reward/")} == {
+        k: v for k, v in metrics.items() if k.startswith("reward/")}
+
+
 def test_rl_config_errors_name_the_fix():
     from arm.config import load_config
 
@@ -128,3 +181,18 @@ def test_rl_config_errors_name_the_fix():
 
     with pytest.raises(ValueError, match="package.module:function"):
         resolve("nonsense")
+
+
+def test_rl_config_takes_ddp_and_names_the_fix_for_what_it_cannot_split():
+    from arm.config import load_config
+
+    cfg = load_config("configs/default.yaml", ["rl.strategy=ddp", "rl.devices=2"])
+    assert (cfg.rl.strategy, cfg.rl.devices) == ("ddp", 2)
+    for overrides, fix in ((["rl.strategy=fsdp", "rl.devices=2"], "set rl.strategy=ddp"),
+                           (["rl.devices=2"], "needs rl.strategy=ddp"),
+                           (["rl.strategy=ddp", "rl.devices=3"], "set rl.prompts_per_step=18"),
+                           (["rl.strategy=ddp", "rl.devices=2", "rl.replay_batch_size=5"], "set rl.replay_batch_size=6")):
+        with pytest.raises(ValueError, match=fix):
+            load_config("configs/default.yaml", overrides)
+    load_config("configs/default.yaml", ["rl.strategy=ddp", "rl.devices=2", "rl.replay_batch_size=5",
+                                         "rl.replay_weight=0"])   # nothing to replay, nothing to split

@@ -49,8 +49,9 @@ def backbone_kwargs(cfg: ArmConfig, vocab: Vocab, grid: int) -> dict:
 
 
 def training_strategy(p):
-    """The Lightning strategy for `pretrain.strategy`: auto, DDP, or FSDP2 through ModelParallelStrategy
-    (data parallel over every process; the module shards itself in `configure_model`)."""
+    """The Lightning strategy for `pretrain.strategy` (or `rl.strategy`: auto or ddp): auto, DDP, or
+    FSDP2 through ModelParallelStrategy (data parallel over every process; the module shards itself in
+    `configure_model`)."""
     if p.strategy == "ddp":
         from lightning.pytorch.strategies import DDPStrategy
 

@@ -1,9 +1,11 @@
 """RL prompts: the world's generation prompts and (source, instruction) pairs of a prepared split, with
 what the rewards need to score a sample (the prompt's constraints, the source scene and the edit).
 
-Each step draws `prompts_per_step` of them from a generator seeded by (seed, step, process rank), so a
-resumed run continues with the very prompts it would have seen, and every process of a DDP job gets
-its own.
+Each step draws `prompts_per_step` of them from a generator seeded by (seed, step), so a resumed run
+continues with the very prompts it would have seen. In a data-parallel job (rl.strategy=ddp) every
+process draws the same step and keeps every W-th prompt from its rank on: whole groups, an equal share
+each, and each prompt keeps its `index` in the step, from which its samples' seeds follow, so W
+processes roll out exactly the one-process step between them.
 
     prompts = RLPrompts("artifacts/prepare", "joint", prompts_per_step=8, steps=200)
     prompts[0]   # -> [Prompt(task="t2i", text=...), ..., Prompt(task="edit", ...)]
@@ -11,7 +13,7 @@ its own.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +35,7 @@ class Prompt:
     scene: Scene | None = None         # editing: the source's scene graph
     edit: Edit | None = None
     target: np.ndarray | None = None   # editing, on a user's data: the record's target image
+    index: int = 0                     # its place among the step's prompts (all processes'): seeds its samples
 
 
 def load_prompts(prepare_dir: str | Path, split: str, tasks: tuple[str, ...], world: bool = True) -> dict[str, list[Prompt]]:
@@ -75,25 +78,30 @@ def load_prompts(prepare_dir: str | Path, split: str, tasks: tuple[str, ...], wo
 
 class RLPrompts(torch.utils.data.Dataset):
     """Step i -> a list of Prompts: all of one task, or for `joint` the first half generation and the
-    second half editing."""
+    second half editing; in a job of W processes, this process's share (every W-th, from its rank on)."""
 
     def __init__(self, prepare_dir: str | Path, mode: str, prompts_per_step: int, steps: int, seed: int = 0,
                  start_step: int = 0, split: str = "train", world: bool = True):
         self.tasks = TASKS_OF_MODE[mode]
         self.prompts = load_prompts(prepare_dir, split, self.tasks, world)
         self.per_step, self.steps, self.seed, self.start = prompts_per_step, steps, seed, start_step
-        self.rank = process_rank()[0]
 
     def __len__(self) -> int:
         return max(0, self.steps - self.start)
 
     def __getitem__(self, i: int) -> list[Prompt]:
         step = self.start + i
-        rng = np.random.default_rng([self.seed, step, self.rank])
+        # (The trailing 0 stands where the process rank was when each process drew prompts of its own:
+        # one process draws what it always drew.)
+        rng = np.random.default_rng([self.seed, step, 0])
         counts = [self.per_step // len(self.tasks)] * len(self.tasks)
         counts[0] += self.per_step - sum(counts)
         chosen = []
         for task, n in zip(self.tasks, counts):
             pool = self.prompts[task]
             chosen += [pool[j] for j in rng.choice(len(pool), size=n, replace=len(pool) < n)]
-        return chosen
+        rank, world = process_rank()   # at iteration time: the process group exists only once fitting starts
+        if self.per_step % world:
+            raise ValueError(f"rl.prompts_per_step {self.per_step} must be a multiple of the number of processes "
+                             f"({world}) so each rolls out an equal share of whole groups")
+        return [replace(p, index=k) for k, p in enumerate(chosen)][rank::world]

@@ -108,6 +108,7 @@ def rl_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict | None:
     from arm.model.saved import UNIFIED_MODEL_FILES, load_unified_model, save_unified_model
     from arm.rl.data import RLPrompts
     from arm.rl.rewards import combined_reward
+    from arm.model.stage import training_strategy
     from arm.rl.train import GRPOModule
     from arm.tokenizer.model import VisualTokenizer
     from arm.training import fit, stage_trainer, start_stage, write_metrics
@@ -149,9 +150,10 @@ def rl_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict | None:
     trainer = stage_trainer(
         "rl", cfg.run.log_dir, ckpt_dir, stamp=stamp, max_steps=total_updates,
         checkpoint_every=max(1, r.checkpoint_every_steps * r.inner_updates), stop_at_step=stop_at_step,
-        log_name=log_name, accelerator=r.accelerator, devices=r.devices, precision=r.precision,
-        use_distributed_sampler=False, log_every_n_steps=1, limit_val_batches=0)
+        log_name=log_name, accelerator=r.accelerator, devices=r.devices, strategy=training_strategy(r),
+        precision=r.precision, use_distributed_sampler=False, log_every_n_steps=1, limit_val_batches=0)
     fit(trainer, module, loader, resume=resume)
+    # Every process ends with the same weights and the whole run's rewards: only process 0 writes them.
     if stop_at_step or trainer.global_rank != 0:
         return None
     clear_outputs(out, UNIFIED_MODEL_FILES, kept=written_besides)

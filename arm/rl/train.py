@@ -12,6 +12,13 @@
 
 The reference model and the visual tokenizer are held outside the module's parameters: they are neither
 trained nor saved in checkpoints (the stage rebuilds them from their folders).
+
+Data parallel (rl.strategy=ddp, W processes): each process rolls out an equal share of the step's
+prompts, whole groups (arm.rl.data), every sample seeded by its prompt's place in the step, so the W
+shares are the one-process rollout; advantages are per group, so local; each process holds its own
+frozen reference. Its losses are means over its own sequences (and replay targets over the global
+count, `data_parallel_share`), and DDP averages the gradients once per update: the one-process
+gradient. Rewards are gathered from every process before they are logged and kept.
 """
 
 from __future__ import annotations
@@ -73,6 +80,17 @@ def code_logprobs(model, prefixes: list[list[int]], codes: torch.Tensor, vocab,
     return logp, entropy
 
 
+def all_processes(rows: list) -> list:
+    """Every process's `rows` in rank order (all_gather_object); the rows themselves in one process."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return rows
+    parts = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, rows)
+    return [row for part in parts for row in part]
+
+
 def rollout_sampling(settings: RLConfig) -> SamplingConfig:
     """How rollouts sample: the `rl` section's own exploration settings, not the saved model's."""
     return SamplingConfig(generation_guidance=settings.guidance_scale, edit_guidance=settings.guidance_scale,
@@ -121,19 +139,23 @@ class GRPOModule(L.LightningModule):
     @torch.no_grad()
     def rollout(self, prompts: list[Prompt], step: int) -> Rollout:
         s, pipe, g = self.settings, self.pipe, self.settings.group_size
-        seed = s.seed * 1_000_003 + step * 101 + self.global_rank   # image i of the step draws with seed + i
+        base = s.seed * 1_000_003 + step * 101
+
+        def seeds(group: list[Prompt]) -> list[int]:   # sample j of the step's prompt k: base + k * G + j,
+            return [base + p.index * g + j for p in group for j in range(g)]   # whichever process draws it
+
         prompts = [p for p in prompts if p.task == "t2i"] + [p for p in prompts if p.task == "edit"]
         gen = [p for p in prompts if p.task == "t2i"]
         edits = [p for p in prompts if p.task == "edit"]
         prefixes, codes = [], []
         if gen:
             texts = [p.text for p in gen for _ in range(g)]
-            codes.append(torch.as_tensor(pipe.generate_codes(texts, seed)))
+            codes.append(torch.as_tensor(pipe.generate_codes(texts, seeds(gen))))
             prefixes += [pipe.generation_prompt(pipe.text_ids(t)) for t in texts]
         if edits:
             sources = np.repeat(pipe.encode_images(np.stack([p.source for p in edits])), g, axis=0)
             texts = [p.text for p in edits for _ in range(g)]
-            codes.append(torch.as_tensor(pipe.edit_codes(sources, texts, seed + len(gen) * g)))
+            codes.append(torch.as_tensor(pipe.edit_codes(sources, texts, seeds(edits))))
             prefixes += [pipe.edit_prompt(src, pipe.text_ids(t)) for src, t in zip(sources, texts)]
         all_codes = torch.cat(codes).long()
         images = pipe.decode_codes(all_codes)
@@ -153,6 +175,16 @@ class GRPOModule(L.LightningModule):
         for a in range(0, n, size):
             yield slice(a, min(n, a + size))
 
+    def _backward(self, loss: torch.Tensor, last: bool) -> None:
+        """manual_backward; in a data-parallel job gradients accumulate locally and are averaged over the
+        processes (one all-reduce) on an update's last backward."""
+        ddp = self.trainer.model  # DistributedDataParallel under rl.strategy=ddp, else this module
+        if last or not hasattr(ddp, "no_sync"):
+            self.manual_backward(loss)
+        else:
+            with ddp.no_sync():
+                self.manual_backward(loss)
+
     @torch.no_grad()
     def _frozen_logprobs(self, model, roll: Rollout) -> torch.Tensor:
         return torch.cat([code_logprobs(model, roll.prefixes[c], roll.codes[c], self.pipe.vocab,
@@ -165,9 +197,10 @@ class GRPOModule(L.LightningModule):
         step = self.global_step // s.inner_updates
         roll = self.rollout(batch, step)
         rollout_seconds = time.perf_counter() - started
-        rewards = roll.totals(s.group_size)                            # (P, G)
+        rewards = roll.totals(s.group_size)                            # (P, G), this process's groups
         advantages = group_advantages(rewards).flatten().to(self.device)  # (N,)
         n = len(advantages)
+        replaying = self.replay is not None and s.replay_weight > 0
         logp_ref = self._frozen_logprobs(self.reference, roll)
         # With one update per rollout the policy is still the rollout policy: ratio 1, no extra forward.
         logp_old = self._frozen_logprobs(self.model, roll) if s.inner_updates > 1 else None
@@ -175,17 +208,20 @@ class GRPOModule(L.LightningModule):
         for _ in range(s.inner_updates):
             opt.zero_grad()
             totals = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "entropy": 0.0}
-            for c in self._chunks(n):
+            chunks = list(self._chunks(n))
+            for k, c in enumerate(chunks):
                 logp, entropy = code_logprobs(self.model, roll.prefixes[c], roll.codes[c], self.pipe.vocab,
                                               s.temperature)
                 old = logp.detach() if logp_old is None else logp_old[c]
                 terms = grpo_loss(logp, old, logp_ref[c], advantages[c], torch.ones_like(logp), s.clip_eps, s.beta)
+                # The mean over this process's n sequences; every process holds as many (whole groups, an
+                # equal share), so DDP's average over processes is the mean over all of the step's.
                 weight = (c.stop - c.start) / n
-                self.manual_backward(terms.loss * weight)
+                self._backward(terms.loss * weight, last=k == len(chunks) - 1 and not replaying)
                 for key, value in (("loss", terms.loss), ("kl", terms.kl), ("clip_fraction", terms.clip_fraction),
                                    ("entropy", entropy.mean())):
                     totals[key] += float(value.detach()) * weight
-            if self.replay is not None and s.replay_weight > 0:
+            if replaying:
                 totals["replay_loss"] = float(self._replay_step(step))
             if s.grad_clip:
                 self.clip_gradients(opt, gradient_clip_val=s.grad_clip, gradient_clip_algorithm="norm")
@@ -194,22 +230,29 @@ class GRPOModule(L.LightningModule):
         self._log_step(roll, rewards, totals, rollout_seconds, time.perf_counter() - started, step)
 
     def _replay_step(self, step: int) -> torch.Tensor:
-        """Backpropagate replay_weight x the next-token loss of this step's understanding batch."""
-        from arm.model.train import attention_mask_for, target_loss
+        """Backpropagate replay_weight x the next-token loss of this step's understanding batch (this
+        process's share of it: summed over its targets, divided by the global count over the processes,
+        as pretraining does, since answers and captions differ in length)."""
+        from arm.model.train import attention_mask_for, data_parallel_share, target_loss
 
         batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in self.replay[step].items()}
-        loss = target_loss(self.model, batch["input_ids"], batch["labels"], attention_mask_for(batch))
-        self.manual_backward(self.settings.replay_weight * loss)
+        loss = target_loss(self.model, batch["input_ids"], batch["labels"], attention_mask_for(batch),
+                           divide_by=data_parallel_share(batch["labels"]))
+        self._backward(self.settings.replay_weight * loss, last=True)
         return loss.detach()
 
     # --- what a person watches ----------------------------------------------------------------------------
 
-    def _log_step(self, roll: Rollout, rewards: torch.Tensor, totals: dict, rollout_s: float, step_s: float,
+    def _log_step(self, roll: Rollout, local_rewards: torch.Tensor, totals: dict, rollout_s: float, step_s: float,
                   step: int) -> None:
         g = self.settings.group_size
+        # Every process's groups in the step's order: the curves and metrics.json are the whole step's.
+        groups = sorted(all_processes([(p.index, p.task, roll.rewards[i * g:(i + 1) * g])
+                                       for i, p in enumerate(roll.prompts)]), key=lambda group: group[0])
+        rewards = torch.tensor([[r["total"] for r in samples] for _, _, samples in groups])  # (P, G)
         summary = {}
         for task in ("t2i", "edit"):
-            rows = [r for i, r in enumerate(roll.rewards) if roll.prompts[i // g].task == task]
+            rows = [r for _, t, samples in groups if t == task for r in samples]
             for key in (rows[0] if rows else {}):
                 values = np.array([r[key] for r in rows])
                 summary[f"{task}/{key}"] = float(values.mean())
@@ -219,13 +262,14 @@ class GRPOModule(L.LightningModule):
         self.log("rl/reward", float(rewards.mean()), prog_bar=True)
         self.log("rl/reward_std_in_group", float(rewards.std(dim=1, unbiased=False).mean()))
         self.log("rl/groups_without_signal", float((rewards.std(dim=1) == 0).float().mean()))
+        synced = self.trainer.world_size > 1   # equal shares: the mean of the processes' means
         for key, value in totals.items():
-            self.log(f"rl/{key}", value, prog_bar=key == "kl")
-        self.log("rl/rollout_seconds", rollout_s)
-        self.log("rl/samples_per_s", len(roll.rewards) / max(step_s, 1e-9))
+            self.log(f"rl/{key}", value, prog_bar=key == "kl", sync_dist=synced)
+        self.log("rl/rollout_seconds", rollout_s, sync_dist=synced, reduce_fx="max")
+        self.log("rl/samples_per_s", rewards.numel() / max(step_s, 1e-9))
         every = self.settings.sample_every_steps
         if every > 0 and step % every == 0:
-            self._log_best_and_worst(roll, rewards, step)
+            self._log_best_and_worst(roll, local_rewards, step)   # process 0's groups
 
     def _log_best_and_worst(self, roll: Rollout, rewards: torch.Tensor, step: int, groups: int = 8) -> None:
         """Per group (columns): the source for edits, then the best and the worst sample (rows)."""
