@@ -38,6 +38,7 @@ def draw(images, captions: list[str], title: str, scale: int = 2, width_chars: i
     for i, (image, text) in enumerate(zip(images, lines)):
         x = i * cell_w + (cell_w - side) // 2
         row.paste(Image.fromarray(image).resize((side, side), Image.NEAREST), (x, 18))
+        pen.rectangle((x - 1, 17, x + side, 18 + side), outline=(190, 190, 190))  # the image's edge on white
         for k, line in enumerate(text):
             pen.text((i * cell_w + 4, 18 + side + 3 + k * line_h), line, fill="black", font=font)
     return row
