@@ -15,8 +15,6 @@ an unbounded queue would show).
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import threading
 import time
@@ -92,11 +90,11 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "serve_overload.json"))
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))
-    from reporting import report
+    from reporting import cpu_description, report
 
     from arm.serving import local_server
 
-    result: dict = {"bento": args.bento, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+    result: dict = {"bento": args.bento, "machine": cpu_description(),  # measured before the server starts
                     "clients": args.clients, "seconds": args.seconds}
     with local_server(args.bento, timeout=300) as (url, proc):
         import httpx
