@@ -299,17 +299,16 @@ def generate_together(pipe, requests: list[tuple[GenerationRequest, list[int]]])
     """Checked requests and their prompt ids, one batched forward -> per request (num_images, S, S, 3)."""
     import torch
 
-    from arm.generate import Sampling
+    from arm.pipeline import row_samplings
 
     rows, scales, samplings, owners = [], [], [], []
     for k, (r, ids) in enumerate(requests):
         prompt = pipe.generation_prompt(ids)
         s = pipe.sampling.overridden(generation_guidance=r.guidance_scale, temperature=r.temperature, top_k=r.top_k)
-        for i in range(r.num_images):
-            rows.append(prompt)
-            scales.append(s.generation_guidance)
-            samplings.append(Sampling(s.temperature, s.top_k, s.top_p, seed=r.seed + i))
-            owners.append(k)
+        rows += [prompt] * r.num_images
+        scales += [s.generation_guidance] * r.num_images
+        samplings += row_samplings(s, r.seed, 0, r.num_images)  # image i: seed + i, as Pipeline.generate
+        owners += [k] * r.num_images
     uncond = [pipe.generation_prompt([])] * len(rows)
     codes = []
     for a in range(0, len(rows), pipe.batch_size):
