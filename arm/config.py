@@ -238,7 +238,10 @@ class RLConfig:
     mode: str = MISSING                      # gen | edit | joint (each step half generation, half editing)
     init: str = MISSING                   # the stage (or a folder) RL starts from; also the frozen reference
     out_dir: Optional[str] = MISSING            # default <artifacts>/rl; set it to keep several runs side by side
-    prompts_per_step: int = MISSING                # prompts (or source + instruction pairs) per step
+    prompts_per_step: int = MISSING                # prompts (or source + instruction pairs) trained on per step
+    # Prompts rolled out per step: of these, the prompts_per_step whose groups' rewards vary most are trained
+    # on (DAPO's dynamic sampling, at a fixed cost); null = prompts_per_step, every group trained on.
+    rollout_prompts: Optional[int] = MISSING
     group_size: int = MISSING                      # G images sampled per prompt; advantages are relative to the group
     max_steps: int = MISSING                     # rollout steps
     inner_updates: int = MISSING                   # optimiser steps per rollout batch (ratio != 1 after the first)
@@ -255,10 +258,13 @@ class RLConfig:
     # tokens does not wear away what the shared weights know about answering. 0 turns it off.
     replay_weight: float = MISSING
     replay_batch_size: int = MISSING
-    guidance_scale: float = MISSING              # rollouts sample as evaluation does, with guidance
-    image_guidance_scale: float = MISSING
-    temperature: float = MISSING                 # exploration: rollouts sample hotter than evaluation
-    top_k: int = MISSING
+    # How rollouts sample: the `sampling` section (the saved model's, which the evaluation uses) with these
+    # settings changed, e.g. {temperature: 1.0} to explore hotter; {} = exactly as the model is scored.
+    sampling: Dict[str, float] = MISSING
+    # The objective's log-probabilities: of the guided distribution rollouts sample from (true), so the
+    # gradient is the sampled policy's, unconditional rows included; or of the conditional prompt alone.
+    guided_policy: bool = MISSING
+    advantage: str = MISSING                   # std: GRPO, (r - mean) / std per group | mean: Dr. GRPO, r - mean
     precision: str = MISSING
     accelerator: str = MISSING
     devices: int = MISSING
@@ -273,8 +279,20 @@ class RLConfig:
         if self.group_size < 2:
             raise ValueError(f"rl.group_size must be at least 2 (advantages compare samples of a group), "
                              f"got {self.group_size}")
+        if self.rollout_prompts is None:
+            self.rollout_prompts = self.prompts_per_step
+        if self.rollout_prompts < self.prompts_per_step:
+            raise ValueError(f"rl.rollout_prompts ({self.rollout_prompts}) must be at least rl.prompts_per_step "
+                             f"({self.prompts_per_step}): the step trains on prompts_per_step of the prompts it rolls out")
         if self.mode == "joint" and self.prompts_per_step < 2:
             raise ValueError("rl.prompts_per_step must be at least 2 in joint mode (one of each task)")
+        unknown = set(self.sampling) - {f.name for f in dataclasses.fields(SamplingConfig)}
+        if unknown:
+            raise ValueError(f"rl.sampling has unknown settings {sorted(unknown)}; it changes settings of the "
+                             f"sampling section: {[f.name for f in dataclasses.fields(SamplingConfig)]}")
+        if self.advantage not in ("std", "mean"):
+            raise ValueError(f"rl.advantage must be std (GRPO: centred and divided by the group's std) or mean "
+                             f"(Dr. GRPO: centred only), got {self.advantage!r}")
         if self.strategy not in ("auto", "ddp"):
             raise ValueError(f"rl.strategy must be auto (one device) or ddp (data parallel, every process holding the "
                              f"whole policy and its own reference), got {self.strategy!r}; RL does not shard the "
@@ -287,6 +305,9 @@ class RLConfig:
             raise ValueError(f"rl.prompts_per_step {self.prompts_per_step} must be a multiple of rl.devices ({world}): "
                              "each process rolls out the whole groups of an equal share of the step's prompts; "
                              f"set rl.prompts_per_step={-(-self.prompts_per_step // world) * world}")
+        if self.rollout_prompts % world:
+            raise ValueError(f"rl.rollout_prompts {self.rollout_prompts} must be a multiple of rl.devices ({world}); "
+                             f"set rl.rollout_prompts={-(-self.rollout_prompts // world) * world}")
         if self.replay_weight > 0 and self.replay_batch_size % world:
             raise ValueError(f"rl.replay_batch_size {self.replay_batch_size} must be a multiple of rl.devices "
                              f"({world}): each process replays an equal share; set rl.replay_batch_size="

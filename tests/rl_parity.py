@@ -21,7 +21,7 @@ import torch
 def run(mode: str, folder: str | Path, overrides: list[str]) -> dict | None:
     from arm.config import load_config
     from arm.rl.stage import rl_stage
-    from arm.rl.train import GRPOModule, Rollout
+    from arm.rl.train import GRPOModule
 
     folder = Path(folder)
     drawn = GRPOModule.rollout
@@ -36,12 +36,11 @@ def run(mode: str, folder: str | Path, overrides: list[str]) -> dict | None:
         whole = pickle.loads((folder / "rollout.pkl").read_bytes())
         g, mine = self.settings.group_size, [p.index for p in prompts]
         assert [p.text for p in prompts] == [whole.prompts[k].text for k in mine], "not the one-process prompts"
-        rows = [k * g + j for k in mine for j in range(g)]
+        rows = [k * g + j for k in mine for j in range(g)]   # this process's samples of the whole rollout
         own = drawn(self, prompts, step)
         torch.save({"own": own.codes, "recorded": whole.codes[rows], "prompts": mine},
                    folder / f"rollout-{self.global_rank}.pt")
-        return Rollout([whole.prompts[k] for k in mine], [whole.prefixes[r] for r in rows], whole.codes[rows],
-                       whole.images[rows], [whole.rewards[r] for r in rows])
+        return whole.groups(mine, g)
 
     def keep_gradients(self, optimizer):
         torch.save({name: p.grad.detach().clone() for name, p in self.model.named_parameters()},

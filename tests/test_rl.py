@@ -65,6 +65,45 @@ def test_code_logprobs_match_a_full_forward_of_each_sequence_alone(pretrained):
     assert float(entropy.max()) <= float(torch.log(torch.tensor(vocab.codebook_size))) + 1e-4
 
 
+@pytest.mark.parametrize("task,guidance", [("t2i", {"generation_guidance": 2.0}),
+                                           ("edit", {"edit_guidance": 2.5, "edit_image_guidance": 1.0}),
+                                           ("edit", {"edit_guidance": 2.0, "edit_image_guidance": 1.5})])
+def test_guided_mixture_logprobs_are_the_distribution_the_engine_samples(pretrained, task, guidance):
+    """Greedy guided decoding picks, at every position, the code the mixture's log-probs rank first: the
+    objective's guided log-probs (rl.guided_policy) are of the distribution rollouts draw from, rows and
+    weights as the engine mixes them (two rows, or three when the source guidance is not 1)."""
+    from arm.config import load_config
+    from arm.pipeline import Pipeline
+    from arm.rl.train import guidance_mixtures, mixture_logits, mixture_logprobs
+
+    cfg = load_config("configs/default.yaml", pretrained)
+    pipe = Pipeline.load(cfg.stage_dir("pretrain"), cfg.stage_dir("tokenizer"))
+    greedy = pipe.sampling.overridden(temperature=0.0, top_k=0, top_p=1.0, **guidance)
+    texts = ["a red circle and a blue square", "a small green triangle"] if task == "t2i" else \
+        ["make the circle blue", "remove the square"]
+    if task == "t2i":
+        codes = pipe.generate_codes(texts, sampling=greedy)
+        mixtures = [guidance_mixtures(greedy, task, pipe.generation_prompt(pipe.text_ids(t)), pipe.generation_prompt([]))
+                    for t in texts]
+    else:
+        sources = pipe.generate_codes(["a red circle and a blue square"] * 2, seed=3)
+        codes = pipe.edit_codes(sources, texts, sampling=greedy)
+        mixtures = [guidance_mixtures(greedy, task, pipe.edit_prompt(src, pipe.text_ids(t)), pipe.edit_prompt(None, []),
+                                      pipe.edit_prompt(src, [])) for src, t in zip(sources, texts)]
+    assert len(mixtures[0]) == (2 if guidance.get("edit_image_guidance", 1.0) == 1.0 else 3)
+    codes = torch.as_tensor(codes)
+    with torch.no_grad():
+        mixed = mixture_logits(pipe.engine.model, mixtures, codes, pipe.engine.vocab)           # (N, T, K)
+        conditional = mixture_logits(pipe.engine.model, [m[:1] for m in mixtures], codes, pipe.engine.vocab)
+    # The chosen code is the mix's largest logit at every position (up to float ties) ...
+    gaps = mixed.max(-1).values - mixed.gather(-1, codes[..., None]).squeeze(-1)
+    assert float(gaps.max()) <= 1e-4
+    # ... which the conditional prompt alone does not explain: guidance changed the choice somewhere.
+    assert bool((conditional.argmax(-1) != codes).any())
+    logp, _ = mixture_logprobs(pipe.engine.model, mixtures, codes, pipe.engine.vocab, temperature=0.5)
+    torch.testing.assert_close(logp, torch.log_softmax(mixed / 0.5, -1).gather(-1, codes[..., None]).squeeze(-1))
+
+
 def test_rl_stage_trains_and_writes_a_model_the_pipeline_loads(pretrained, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -177,6 +216,12 @@ def test_rl_config_errors_name_the_fix():
         load_config("configs/default.yaml", ["rl.mode=both"])
     with pytest.raises(ValueError, match="group_size must be at least 2"):
         load_config("configs/default.yaml", ["rl.group_size=1"])
+    with pytest.raises(ValueError, match=r"rl.sampling has unknown settings \['temprature'\]"):
+        load_config("configs/default.yaml", ["rl.sampling={temprature: 1.0}"])
+    with pytest.raises(ValueError, match="rl.advantage must be std"):
+        load_config("configs/default.yaml", ["rl.advantage=median"])
+    with pytest.raises(ValueError, match="must be at least rl.prompts_per_step"):
+        load_config("configs/default.yaml", ["rl.rollout_prompts=8"])
     from arm.rl.rewards import resolve
 
     with pytest.raises(ValueError, match="package.module:function"):

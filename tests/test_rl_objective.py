@@ -19,6 +19,36 @@ def test_equal_rewards_give_zero_advantage_and_no_gradient():
     assert torch.count_nonzero(logp.grad) == 0
 
 
+def test_centred_advantages_weigh_each_group_by_its_spread():
+    """Dr. GRPO (rl.advantage=mean): r - mean, so a group whose rewards barely differ barely moves the
+    policy, where GRPO's division by the std gives it unit-sized advantages."""
+    rewards = torch.tensor([[2.0, 2.0, 2.0, 1.99], [2.0, 0.0, 1.0, 1.0]])
+    centred = group_advantages(rewards, scale=False)
+    torch.testing.assert_close(centred, torch.tensor([[0.0025, 0.0025, 0.0025, -0.0075], [1.0, -1.0, 0.0, 0.0]]))
+    scaled = group_advantages(rewards)
+    assert scaled[0].abs().max() > 1.5 and torch.allclose(scaled[1], centred[1] / (0.5 ** 0.5 + 1e-4))
+
+
+def test_dynamic_sampling_keeps_each_tasks_share_of_the_most_varied_groups():
+    import numpy as np
+
+    from arm.rl.data import Prompt
+    from arm.rl.train import Rollout
+
+    g = 2
+    tasks = ["t2i"] * 4 + ["edit"] * 4
+    spreads = [0.0, 0.3, 0.1, 0.2, 0.5, 0.0, 0.4, 0.05]   # each group's rewards: (1 - s, 1 + s), std s
+    rewards = [{"total": 1 + sign * s} for s in spreads for sign in (-1, 1)]
+    roll = Rollout([Prompt(t, f"p{i}", index=i) for i, t in enumerate(tasks)], [[(1.0, [i])] for i in range(16)],
+                   torch.arange(16)[:, None], np.arange(16)[:, None], rewards)
+    kept = roll.most_varied(4, g)
+    assert [p.index for p in kept.prompts] == [1, 3, 4, 6]   # the two most varied of each task, in order
+    assert [mix[0][1] for mix in kept.mixtures] == [[2], [3], [6], [7], [8], [9], [12], [13]]
+    assert kept.codes.flatten().tolist() == [2, 3, 6, 7, 8, 9, 12, 13] and kept.images.flatten().tolist() == [2, 3, 6, 7, 8, 9, 12, 13]
+    torch.testing.assert_close(kept.totals(g).std(dim=1, unbiased=False), torch.tensor([0.3, 0.2, 0.5, 0.4]))
+    assert [p.index for p in roll.most_varied(3, g).prompts] == [1, 3, 4]   # an odd count: the first task's extra
+
+
 def test_ratio_one_and_no_kl_is_the_plain_policy_gradient():
     """With logp_old = logp and beta 0 the gradient of the loss w.r.t. logp is -A / T per token."""
     logp = torch.tensor([[-1.0, -2.0, -0.5], [-0.3, -0.7, -9.0]], requires_grad=True)

@@ -3,6 +3,7 @@
 For each prompt (or source + instruction) a group of G images is sampled; with rewards r (B, G):
 
     A        = (r - mean_G(r)) / (std_G(r) + 1e-4)                      group-relative advantage
+                                                     (rl.advantage=mean: r - mean_G(r), Dr. GRPO)
     ratio    = exp(logp - logp_old)                                     per image token
     surrogate = -min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A)
     kl       = exp(logp_ref - logp) - (logp_ref - logp) - 1              k3 estimator of KL(policy || ref)
@@ -20,11 +21,14 @@ from dataclasses import dataclass
 import torch
 
 
-def group_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
-    """rewards (B, G) -> advantages (B, G); a group whose rewards are all equal gets zeros."""
-    mean = rewards.mean(dim=1, keepdim=True)
-    std = rewards.std(dim=1, keepdim=True, unbiased=False)
-    return (rewards - mean) / (std + eps)
+def group_advantages(rewards: torch.Tensor, eps: float = 1e-4, scale: bool = True) -> torch.Tensor:
+    """rewards (B, G) -> advantages (B, G); a group whose rewards are all equal gets zeros. With `scale`
+    (GRPO) each group is divided by its std, so a group whose rewards differ by little weighs as much as
+    one whose differ by much; without (Dr. GRPO) it is only centred, and weighs by its spread."""
+    centred = rewards - rewards.mean(dim=1, keepdim=True)
+    if not scale:
+        return centred
+    return centred / (rewards.std(dim=1, keepdim=True, unbiased=False) + eps)
 
 
 def k3_kl(logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:

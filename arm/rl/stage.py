@@ -135,15 +135,16 @@ def rl_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict | None:
 
     stamp = fingerprint(asdict(r), source / "model.safetensors", cfg.stage_dir("prepare") / "summary.json",
                         cfg.stage_dir("encode") / "summary.json",
-                        *source_files("rl", "generate.py", "pipeline.py", "world", "model", "training.py"), extra=str(cfg.pretrain.task_mix))
+                        *source_files("rl", "generate.py", "pipeline.py", "world", "model", "training.py"),
+                        extra=f"{cfg.pretrain.task_mix} {asdict(cfg.sampling)}")   # rollouts draw at the sampling section
     resume, start_step = resume_point(ckpt_dir, stamp, "rl")
-    prompts = RLPrompts(cfg.stage_dir("prepare"), r.mode, r.prompts_per_step, r.max_steps, r.seed,
+    prompts = RLPrompts(cfg.stage_dir("prepare"), r.mode, r.rollout_prompts, r.max_steps, r.seed,
                         start_step=start_step // r.inner_updates, world=world)
     print(f"rl: {r.mode} from {source}, {r.max_steps} steps x {r.prompts_per_step} prompts x {r.group_size} "
-          f"samples; prompts available {({k: len(v) for k, v in prompts.prompts.items()})}", file=sys.stderr)
+          f"samples{f' (the most varied of {r.rollout_prompts} prompts rolled out)' if r.rollout_prompts > r.prompts_per_step else ''}; prompts available {({k: len(v) for k, v in prompts.prompts.items()})}", file=sys.stderr)
     replay = understanding_replay(cfg, info, text_tokenizer) if r.replay_weight > 0 else None
     total_updates = r.max_steps * r.inner_updates
-    module = GRPOModule(model, reference, visual, info, text_tokenizer, reward_fn, r, replay)
+    module = GRPOModule(model, reference, visual, info, text_tokenizer, reward_fn, r, cfg.sampling, replay)
     loader = torch.utils.data.DataLoader(prompts, batch_size=None, shuffle=False)
     log_name = "rl" if not r.out_dir else f"rl-{out.name}"
     warn_if_bf16_is_emulated(r.precision, r.accelerator, "rl.precision")
@@ -158,7 +159,7 @@ def rl_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict | None:
         return None
     clear_outputs(out, UNIFIED_MODEL_FILES, kept=written_besides)
     metrics = {"train_minutes": round((time.monotonic() - started) / 60, 2), "steps": r.max_steps,
-               "mode": r.mode, "samples": r.max_steps * r.prompts_per_step * r.group_size,
+               "mode": r.mode, "samples": r.max_steps * r.rollout_prompts * r.group_size,
                **reward_summary(module.history)}
     save_unified_model(out, module.model, info, source / "tokenizer.json", cfg.sampling, metrics)
     return write_metrics(None, "rl", metrics)

@@ -42,7 +42,10 @@ from arm.schedules import warmup_cosine
 @dataclass
 class Rollout:
     prompts: list[Prompt]   # P prompts; sample i belongs to prompt i // G
-    prefixes: list[list[int]]  # N = P * G conditional prompts (ids), the policy's view of each sample
+    # N = P * G mixtures, one per sample: (weight, prompt ids) pairs whose logits, weighted and summed,
+    # are the logits the sample was drawn from (classifier-free guidance as a sum of rows; one pair of
+    # weight 1, the conditional prompt, with rl.policy=conditional)
+    mixtures: list[list[tuple[float, list[int]]]]
     codes: torch.Tensor     # (N, T) sampled image codes in [0, K)
     images: np.ndarray      # (N, S, S, 3) decoded
     rewards: list[dict]     # N dicts: each component and "total"
@@ -50,6 +53,26 @@ class Rollout:
     def totals(self, group_size: int) -> torch.Tensor:
         """(P, G) total rewards."""
         return torch.tensor([r["total"] for r in self.rewards], dtype=torch.float32).view(-1, group_size)
+
+    def most_varied(self, keep: int, group_size: int) -> "Rollout":
+        """The `keep` groups whose total rewards vary most (their std), each task keeping its share of them
+        (DAPO's dynamic sampling as a fixed-cost filter: a group that scores alike teaches little)."""
+        spread = self.totals(group_size).std(dim=1, unbiased=False)   # (P,)
+        tasks = [p.task for p in self.prompts]
+        order = list(dict.fromkeys(tasks))   # tasks in rollout order
+        shares = {t: tasks.count(t) * keep // len(tasks) for t in order}
+        shares[order[0]] += keep - sum(shares.values())
+        kept: list[int] = []
+        for task in order:
+            members = sorted((i for i, t in enumerate(tasks) if t == task), key=lambda i: -float(spread[i]))
+            kept += sorted(members[:shares[task]])
+        return self.groups(kept, group_size)
+
+    def groups(self, indices: list[int], group_size: int) -> "Rollout":
+        """The rollout of the groups (prompts) at `indices` only, in that order."""
+        rows = [i * group_size + j for i in indices for j in range(group_size)]
+        return Rollout([self.prompts[i] for i in indices], [self.mixtures[r] for r in rows], self.codes[rows],
+                       self.images[rows], [self.rewards[r] for r in rows])
 
 
 def code_logits(model, prefixes: list[list[int]], codes: torch.Tensor, vocab) -> torch.Tensor:
@@ -69,15 +92,53 @@ def code_logits(model, prefixes: list[list[int]], codes: torch.Tensor, vocab) ->
 def code_logprobs(model, prefixes: list[list[int]], codes: torch.Tensor, vocab,
                   temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """log p(code_t | prefix, codes_<t) and the entropy at each position, over image ids only and at the
-    sampling temperature (the constrained distribution the engine samples from, before guidance).
+    sampling temperature (the constrained distribution the engine samples from, without guidance).
     prefixes: N lists; codes (N, T) -> two (N, T)."""
-    logits = code_logits(model, prefixes, codes, vocab)
+    return mixture_logprobs(model, [[(1.0, p)] for p in prefixes], codes, vocab, temperature)
+
+
+def mixture_logits(model, mixtures: list[list[tuple[float, list[int]]]], codes: torch.Tensor, vocab) -> torch.Tensor:
+    """The logits each sample was drawn from (before the temperature): its mixture's rows run in one
+    forward, their image logits weighted and summed, as the engine mixes classifier-free guidance
+    (`guidance_mixtures`). mixtures: N lists of (weight, prefix); codes (N, T) -> (N, T, K)."""
+    owners = [i for i, mix in enumerate(mixtures) for _ in mix]                  # row -> its sample
+    logits = code_logits(model, [p for mix in mixtures for _, p in mix], codes[owners], vocab)   # (R, T, K)
+    weights = torch.tensor([w for mix in mixtures for w, _ in mix], device=logits.device)[:, None, None]
+    mixed = torch.zeros(len(mixtures), *logits.shape[1:], device=logits.device, dtype=logits.dtype)
+    return mixed.index_add(0, torch.tensor(owners, device=logits.device), weights * logits)   # (N, T, K)
+
+
+def mixture_logprobs(model, mixtures: list[list[tuple[float, list[int]]]], codes: torch.Tensor, vocab,
+                     temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """As `code_logprobs`, of the distribution each sample was drawn from (`mixture_logits`) at the
+    sampling temperature. mixtures: N lists of (weight, prefix); codes (N, T) -> two (N, T)."""
+    mixed = mixture_logits(model, mixtures, codes, vocab)
     if temperature > 0:
-        logits = logits / temperature
-    logp_all = torch.log_softmax(logits, dim=-1)
-    logp = logp_all.gather(-1, codes.to(logits.device)[..., None]).squeeze(-1)
+        mixed = mixed / temperature
+    logp_all = torch.log_softmax(mixed, dim=-1)
+    logp = logp_all.gather(-1, codes.to(mixed.device)[..., None]).squeeze(-1)
     entropy = -(logp_all.exp() * logp_all).sum(-1)
     return logp, entropy
+
+
+def guidance_mixtures(sampling: SamplingConfig, task: str, cond: list[int], uncond: list[int],
+                      source_only: list[int] | None = None) -> list[tuple[float, list[int]]]:
+    """The (weight, prompt) rows whose weighted logits are the engine's guided logits for one sample:
+    generation u + s (c - u) = s c + (1 - s) u; editing u + s_img (src - u) + s_txt (c - src)
+    = s_txt c + (s_img - s_txt) src + (1 - s_img) u. Rows of weight 0 are left out.
+
+    >>> s = SamplingConfig(2.0, 2.5, 1.0, 0.5, 0, 1.0)
+    >>> guidance_mixtures(s, "t2i", [1], [2])
+    [(2.0, [1]), (-1.0, [2])]
+    >>> guidance_mixtures(s, "edit", [1], [2], [3])
+    [(2.5, [1]), (-1.5, [3])]
+    """
+    if task == "t2i":
+        rows = [(sampling.generation_guidance, cond), (1 - sampling.generation_guidance, uncond)]
+    else:
+        text, image = sampling.edit_guidance, sampling.edit_image_guidance
+        rows = [(text, cond), (image - text, source_only), (1 - image, uncond)]
+    return [(float(w), p) for w, p in rows if w != 0]
 
 
 def all_processes(rows: list) -> list:
@@ -91,20 +152,28 @@ def all_processes(rows: list) -> list:
     return [row for part in parts for row in part]
 
 
-def rollout_sampling(settings: RLConfig) -> SamplingConfig:
-    """How rollouts sample: the `rl` section's own exploration settings, not the saved model's."""
-    return SamplingConfig(generation_guidance=settings.guidance_scale, edit_guidance=settings.guidance_scale,
-                          edit_image_guidance=settings.image_guidance_scale, temperature=settings.temperature,
-                          top_k=settings.top_k, top_p=1.0)
+def rollout_sampling(sampling: SamplingConfig, changes: dict) -> SamplingConfig:
+    """How rollouts sample: the model's sampling (the config's `sampling` section, as the evaluation draws)
+    with the settings `rl.sampling` changes.
+
+    >>> base = SamplingConfig(2.0, 2.5, 1.0, 0.5, 0, 1.0)
+    >>> rollout_sampling(base, {"temperature": 1.0, "top_k": 16.0})
+    SamplingConfig(generation_guidance=2.0, edit_guidance=2.5, edit_image_guidance=1.0, temperature=1.0, top_k=16, top_p=1.0)
+    """
+    changes = dict(changes)
+    if "top_k" in changes:   # the config holds every change as a float
+        changes["top_k"] = int(changes["top_k"])
+    return sampling.overridden(**changes)
 
 
 class GRPOModule(L.LightningModule):
     def __init__(self, model, reference, visual_tokenizer, info, text_tokenizer, reward_fn, settings: RLConfig,
-                 replay=None):
+                 sampling: SamplingConfig, replay=None):
         super().__init__()
         self.model = model
         self.replay = replay  # step -> a batch of understanding sequences (arm.model.data.TaskMixBatches)
         self.settings = settings  # the config's `rl` section
+        self.sampling = rollout_sampling(sampling, settings.sampling)  # how rollouts draw
         self.info, self.text_tokenizer, self.reward_fn = info, text_tokenizer, reward_fn
         # Not submodules: frozen, not optimised, not checkpointed.
         self._frozen = {"reference": reference.eval().requires_grad_(False),
@@ -122,7 +191,7 @@ class GRPOModule(L.LightningModule):
         for key, module in self._frozen.items():
             self._frozen[key] = module.to(self.device)
         self.pipe = Pipeline(self.model, self.info, self.text_tokenizer, self._frozen["visual"],
-                             rollout_sampling(self.settings), batch_size=max(64, self.settings.group_size))
+                             self.sampling, batch_size=max(64, self.settings.group_size))
         self.model.train()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -147,16 +216,21 @@ class GRPOModule(L.LightningModule):
         prompts = [p for p in prompts if p.task == "t2i"] + [p for p in prompts if p.task == "edit"]
         gen = [p for p in prompts if p.task == "t2i"]
         edits = [p for p in prompts if p.task == "edit"]
-        prefixes, codes = [], []
+        mixtures, codes = [], []
+        guided = self.sampling if s.guided_policy else self.sampling.overridden(
+            generation_guidance=1.0, edit_guidance=1.0, edit_image_guidance=1.0)   # the conditional row alone
         if gen:
             texts = [p.text for p in gen for _ in range(g)]
             codes.append(torch.as_tensor(pipe.generate_codes(texts, seeds(gen))))
-            prefixes += [pipe.generation_prompt(pipe.text_ids(t)) for t in texts]
+            mixtures += [guidance_mixtures(guided, "t2i", pipe.generation_prompt(pipe.text_ids(t)),
+                                           pipe.generation_prompt([])) for t in texts]
         if edits:
             sources = np.repeat(pipe.encode_images(np.stack([p.source for p in edits])), g, axis=0)
             texts = [p.text for p in edits for _ in range(g)]
             codes.append(torch.as_tensor(pipe.edit_codes(sources, texts, seeds(edits))))
-            prefixes += [pipe.edit_prompt(src, pipe.text_ids(t)) for src, t in zip(sources, texts)]
+            mixtures += [guidance_mixtures(guided, "edit", pipe.edit_prompt(src, pipe.text_ids(t)),
+                                           pipe.edit_prompt(None, []), pipe.edit_prompt(src, []))
+                         for src, t in zip(sources, texts)]
         all_codes = torch.cat(codes).long()
         images = pipe.decode_codes(all_codes)
         rewards = []
@@ -166,7 +240,7 @@ class GRPOModule(L.LightningModule):
                                                        source_scene=p.scene, edit=p.edit, size=pipe.image_size,
                                                        text=p.text, target=p.target)))
         self.model.train()  # the pipeline put it in eval mode for sampling
-        return Rollout(prompts, prefixes, all_codes, images, rewards)
+        return Rollout(prompts, mixtures, all_codes, images, rewards)
 
     # --- 2 to 4. advantages, log-probs, the clipped objective -------------------------------------------
 
@@ -187,18 +261,22 @@ class GRPOModule(L.LightningModule):
 
     @torch.no_grad()
     def _frozen_logprobs(self, model, roll: Rollout) -> torch.Tensor:
-        return torch.cat([code_logprobs(model, roll.prefixes[c], roll.codes[c], self.pipe.vocab,
-                                        self.settings.temperature)[0]
-                          for c in self._chunks(len(roll.prefixes))])
+        return torch.cat([mixture_logprobs(model, roll.mixtures[c], roll.codes[c], self.pipe.vocab,
+                                           self.sampling.temperature)[0]
+                          for c in self._chunks(len(roll.mixtures))])
 
     def training_step(self, batch: list[Prompt], batch_idx: int) -> None:
         s = self.settings
         started = time.perf_counter()
         step = self.global_step // s.inner_updates
-        roll = self.rollout(batch, step)
+        rolled = self.rollout(batch, step)
         rollout_seconds = time.perf_counter() - started
-        rewards = roll.totals(s.group_size)                            # (P, G), this process's groups
-        advantages = group_advantages(rewards).flatten().to(self.device)  # (N,)
+        # With rl.rollout_prompts > prompts_per_step, train on the groups with the most signal (this
+        # process's equal share of them).
+        roll = rolled.most_varied(len(rolled.prompts) * s.prompts_per_step // s.rollout_prompts, s.group_size) \
+            if s.rollout_prompts > s.prompts_per_step else rolled
+        rewards = roll.totals(s.group_size)                            # (P, G), this process's trained groups
+        advantages = group_advantages(rewards, scale=s.advantage == "std").flatten().to(self.device)  # (N,)
         n = len(advantages)
         replaying = self.replay is not None and s.replay_weight > 0
         logp_ref = self._frozen_logprobs(self.reference, roll)
@@ -210,8 +288,8 @@ class GRPOModule(L.LightningModule):
             totals = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "entropy": 0.0}
             chunks = list(self._chunks(n))
             for k, c in enumerate(chunks):
-                logp, entropy = code_logprobs(self.model, roll.prefixes[c], roll.codes[c], self.pipe.vocab,
-                                              s.temperature)
+                logp, entropy = mixture_logprobs(self.model, roll.mixtures[c], roll.codes[c], self.pipe.vocab,
+                                                 self.sampling.temperature)
                 old = logp.detach() if logp_old is None else logp_old[c]
                 terms = grpo_loss(logp, old, logp_ref[c], advantages[c], torch.ones_like(logp), s.clip_eps, s.beta)
                 # The mean over this process's n sequences; every process holds as many (whole groups, an
@@ -227,7 +305,8 @@ class GRPOModule(L.LightningModule):
                 self.clip_gradients(opt, gradient_clip_val=s.grad_clip, gradient_clip_algorithm="norm")
             opt.step()
             schedule.step()
-        self._log_step(roll, rewards, totals, rollout_seconds, time.perf_counter() - started, step)
+        self.log("rl/trained_spread", float(rewards.std(dim=1, unbiased=False).mean()))
+        self._log_step(rolled, rolled.totals(s.group_size), totals, rollout_seconds, time.perf_counter() - started, step)
 
     def _replay_step(self, step: int) -> torch.Tensor:
         """Backpropagate replay_weight x the next-token loss of this step's understanding batch (this
