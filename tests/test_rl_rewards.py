@@ -77,3 +77,28 @@ def test_exact_reward_is_all_or_nothing():
     sample = dict(source=_px(source), source_scene=source, edit=edit)
     assert exact(RewardSample("edit", _px(edit.target), **sample)) == 1.0
     assert exact(RewardSample("edit", _px(source), **sample)) == 0.0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_evaluation_reward_is_the_evaluations_score_of_the_sample(seed):
+    """Generation: the prompt's pass; editing: G_O / 10 from `arm.world.scores.edit_score` itself."""
+    from arm.world.scores import edit_score
+
+    spec = parse_prompt("a large red circle at the center")
+    evaluation = resolve("evaluation")
+    extra = Scene(RED_CIRCLE.objects + (Obj(cell=0, shape="square", color="blue", size="small"),))
+    assert evaluation(RewardSample("t2i", _px(RED_CIRCLE), spec=spec)) == 1.0
+    assert evaluation(RewardSample("t2i", _px(extra), spec=spec)) == 0.0
+    source = Scene((Obj(cell=0, shape="square", color="green", size="small"),
+                    Obj(cell=8, shape="triangle", color="yellow", size="large")))
+    edit = sample_edit(source, np.random.default_rng(seed), jitter=0.0)
+    sample = dict(source=_px(source), source_scene=source, edit=edit)
+    untouched = [o for o in edit.target.objects if o.cell not in (edit.source_cell, edit.target_cell)]
+    over = edit.target.replace_object(untouched[0], Obj(untouched[0].cell, "circle", "purple", "large")) \
+        if untouched else edit.target
+    for scene, expected in ((edit.target, 1.0), (source, None), (over, None)):
+        got = evaluation(RewardSample("edit", _px(scene), **sample))
+        assert got == pytest.approx(edit_score(source, edit, _px(scene)).g_o / 10, abs=1e-9)
+        if expected is not None:
+            assert got == expected
+    assert evaluation(RewardSample("edit", _px(source), **sample)) == 0.0   # a no-op did nothing asked

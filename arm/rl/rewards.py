@@ -9,7 +9,9 @@ Built in:
   extra), times the fraction of pixels outside the edited cells left as they were;
 - `quality`: 0.5 realism + 0.5 cleanliness (docs/world.md, Scores), the same for both tasks;
 - `exact`: 1 when every constraint is met (generation: GenEval's pass, no object missing or extra;
-  editing: the instruction done and everything else kept), else 0.
+  editing: the instruction done and everything else kept), else 0;
+- `evaluation`: the evaluation's own score of the sample (generation: GenEval's pass, 0 or 1; editing:
+  G_O / 10 = sqrt(G_SC G_PQ) / 10, where G_SC multiplies the instruction and preservation fractions).
 A user's own reward is named `package.module:function` in `rl.rewards` and gets the same sample; on
 data without the world's metadata (no spec, scene or edit) it gets the image, the prompt or
 instruction (`text`) and, for an edit, the source and the record's target image, and RL runs with
@@ -69,6 +71,17 @@ def exact_reward(s: RewardSample) -> float:
     return float(met == total and kept == kept_total)
 
 
+def evaluation_reward(s: RewardSample) -> float:
+    """What the evaluation scores, per sample: a prompt's pass (every atom met, nothing extra), an edit's
+    G_O / 10. The dense `instruction` reward pays an extra object one atom in many and sums what an edit
+    did and kept; this one fails the prompt and multiplies them, as the scores do."""
+    if s.task == "t2i":
+        return float(generation_pass(s.spec, s.parsed))
+    met, total, kept, kept_total = edit_atoms(s.source_scene, s.edit, s.parsed)
+    g_sc = 10.0 * (met / total) * (kept / kept_total)
+    return float(np.sqrt(g_sc * 10.0 * realism(s.image, s.parsed, s.size))) / 10.0
+
+
 def _outside_edit_mask(edit: Edit, size: int) -> np.ndarray:
     """(S, S) True outside the grid cells the edit touches."""
     mask = np.ones((size, size), bool)
@@ -96,7 +109,7 @@ def quality_reward(s: RewardSample) -> float:
 
 BUILT_IN: dict[str, Callable[[RewardSample], float]] = {
     "instruction": instruction_reward, "consistency": consistency_reward, "quality": quality_reward,
-    "exact": exact_reward}
+    "exact": exact_reward, "evaluation": evaluation_reward}
 
 
 def world_rewards(weights: dict[str, float]) -> list[str]:
