@@ -129,6 +129,27 @@ def test_rl_stage_trains_and_writes_a_model_the_pipeline_loads(pretrained, tmp_p
     assert {"rl/generation", "rl/editing (sources, best, worst)"} <= set(events.Tags()["images"])
 
 
+def test_rl_trains_on_the_most_varied_groups_with_each_objective_setting(pretrained, tmp_path):
+    """rl.rollout_prompts > prompts_per_step: 4 prompts rolled out, the 2 whose rewards vary most trained
+    on (their spread at least the step's); with the other objective settings than the default's."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from arm.rl.stage import rl_stage
+
+    guided = _config(pretrained).rl.guided_policy   # the other setting than the default's
+    cfg = _config(pretrained, f"rl.out_dir={tmp_path / 'rl'}", f"run.log_dir={tmp_path / 'logs'}", "rl.rollout_prompts=4",
+                  f"rl.guided_policy={not guided}", "rl.advantage=mean", "rl.sampling={temperature: 1.0}",
+                  "rl.rewards={instruction: 0, consistency: 0, quality: 0.5, evaluation: 1.0}")
+    metrics = rl_stage(cfg)
+    assert metrics["samples"] == 3 * 4 * 3 and set(metrics) >= {"reward/t2i/evaluation/last", "reward/edit/quality/last"}
+    before, after = _weights(cfg.stage_dir("pretrain")), _weights(cfg.stage_dir("rl"))
+    assert any(not torch.equal(before[k], after[k]) for k in before), "RL left the weights unchanged"
+    events = EventAccumulator(str(tmp_path / "logs" / "rl-rl")).Reload()
+    trained = [e.value for e in events.Scalars("rl/trained_spread")]
+    everyone = [e.value for e in events.Scalars("rl/reward_std_in_group")]
+    assert len(trained) == 3 and all(t >= a - 1e-6 for t, a in zip(trained, everyone))
+
+
 def test_rl_resumes_exactly(pretrained, tmp_path):
     from arm.rl.stage import rl_stage
 
