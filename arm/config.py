@@ -253,6 +253,9 @@ class RLConfig:
     beta: float = MISSING                       # KL(policy || reference) weight
     clip_eps: float = MISSING
     rewards: Dict[str, float] = MISSING
+    # One task's own rewards instead of `rewards`, e.g. {edit: {evaluation: 1.0}}: edits then score by their
+    # G_O alone while generation keeps `rewards`. Keys: t2i, edit.
+    rewards_by_task: Dict[str, Dict[str, float]] = MISSING
     # Understanding replay (InstructGPT's PPO-ptx): each step also takes the next-token loss of this many
     # understanding sequences (vqa, caption, text, read, in pretrain.task_mix's proportions), so RL on image
     # tokens does not wear away what the shared weights know about answering. 0 turns it off.
@@ -314,6 +317,16 @@ class RLConfig:
                              f"{-(-self.replay_batch_size // world) * world} (or rl.replay_weight=0)")
         if not any(self.rewards.values()):
             raise ValueError("rl.rewards must give at least one reward a non-zero weight")
+        if set(self.rewards_by_task) - {"t2i", "edit"}:
+            raise ValueError(f"rl.rewards_by_task names tasks {sorted(set(self.rewards_by_task) - {'t2i', 'edit'})}; "
+                             "its keys are t2i and edit")
+        for task, weights in self.rewards_by_task.items():
+            if not any(weights.values()):
+                raise ValueError(f"rl.rewards_by_task.{task} must give at least one reward a non-zero weight")
+
+    def task_rewards(self, task: str) -> dict[str, float]:
+        """The reward weights a task's samples are scored with: its own in `rewards_by_task`, else `rewards`."""
+        return dict(self.rewards_by_task.get(task) or self.rewards)
 
 
 @dataclass

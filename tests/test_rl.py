@@ -131,7 +131,8 @@ def test_rl_stage_trains_and_writes_a_model_the_pipeline_loads(pretrained, tmp_p
 
 def test_rl_trains_on_the_most_varied_groups_with_each_objective_setting(pretrained, tmp_path):
     """rl.rollout_prompts > prompts_per_step: 4 prompts rolled out, the 2 whose rewards vary most trained
-    on (their spread at least the step's); with the other objective settings than the default's."""
+    on (their spread at least the step's); with the other objective settings than the default's, and
+    each task scored by its own rewards."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from arm.rl.stage import rl_stage
@@ -139,9 +140,12 @@ def test_rl_trains_on_the_most_varied_groups_with_each_objective_setting(pretrai
     guided = _config(pretrained).rl.guided_policy   # the other setting than the default's
     cfg = _config(pretrained, f"rl.out_dir={tmp_path / 'rl'}", f"run.log_dir={tmp_path / 'logs'}", "rl.rollout_prompts=4",
                   f"rl.guided_policy={not guided}", "rl.advantage=mean", "rl.sampling={temperature: 1.0}",
-                  "rl.rewards={instruction: 0, consistency: 0, quality: 0.5, evaluation: 1.0}")
+                  "rl.rewards={instruction: 0, consistency: 0, quality: 0.5, evaluation: 1.0}",
+                  "rl.rewards_by_task={edit: {consistency: 1.0}}")
     metrics = rl_stage(cfg)
-    assert metrics["samples"] == 3 * 4 * 3 and set(metrics) >= {"reward/t2i/evaluation/last", "reward/edit/quality/last"}
+    assert metrics["samples"] == 3 * 4 * 3
+    assert {"reward/t2i/evaluation/last", "reward/t2i/quality/last", "reward/edit/consistency/last"} <= set(metrics)
+    assert not {"reward/edit/evaluation/last", "reward/t2i/consistency/last"} & set(metrics)   # each task its own
     before, after = _weights(cfg.stage_dir("pretrain")), _weights(cfg.stage_dir("rl"))
     assert any(not torch.equal(before[k], after[k]) for k in before), "RL left the weights unchanged"
     events = EventAccumulator(str(tmp_path / "logs" / "rl-rl")).Reload()
@@ -241,6 +245,12 @@ def test_rl_config_errors_name_the_fix():
         load_config("configs/default.yaml", ["rl.sampling={temprature: 1.0}"])
     with pytest.raises(ValueError, match="rl.advantage must be std"):
         load_config("configs/default.yaml", ["rl.advantage=median"])
+    with pytest.raises(ValueError, match="its keys are t2i and edit"):
+        load_config("configs/default.yaml", ["rl.rewards_by_task={editing: {evaluation: 1.0}}"])
+    with pytest.raises(ValueError, match="rl.rewards_by_task.edit must give at least one reward"):
+        load_config("configs/default.yaml", ["rl.rewards_by_task={edit: {evaluation: 0.0}}"])
+    cfg = load_config("configs/default.yaml", ["rl.rewards_by_task={edit: {evaluation: 1.0}}"])
+    assert cfg.rl.task_rewards("edit") == {"evaluation": 1.0} and cfg.rl.task_rewards("t2i") == dict(cfg.rl.rewards)
     with pytest.raises(ValueError, match="must be at least rl.prompts_per_step"):
         load_config("configs/default.yaml", ["rl.rollout_prompts=8"])
     from arm.rl.rewards import resolve

@@ -132,6 +132,18 @@ def resolve(name: str) -> Callable[[RewardSample], float]:
     return fn
 
 
+def task_rewards(weights_by_task: dict[str, dict[str, float]]) -> Callable[[RewardSample], dict[str, float]]:
+    """-> a function scoring each sample with its task's weighted rewards (`combined_reward`).
+
+    >>> from arm.world.render import render
+    >>> score = task_rewards({"t2i": {"quality": 1.0}, "edit": {"consistency": 1.0}})
+    >>> score(RewardSample("t2i", np.asarray(render(Scene(()), 64))))    # a clean empty canvas
+    {'quality': 1.0, 'total': 1.0}
+    """
+    by_task = {task: combined_reward(weights) for task, weights in weights_by_task.items()}
+    return lambda sample: by_task[sample.task](sample)
+
+
 def combined_reward(weights: dict[str, float]) -> Callable[[RewardSample], dict[str, float]]:
     """-> a function giving each component and their weighted sum under "total"."""
     parts = {name: (resolve(name), w) for name, w in weights.items() if w}

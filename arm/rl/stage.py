@@ -78,7 +78,7 @@ def rl_data(cfg: ArmConfig) -> tuple[bool | None, str]:
     data = SplitData(cfg.stage_dir("prepare"), "train")
     if all(data.task(t, 1) for t in tasks):
         return True, ""
-    needs_world = world_rewards(dict(r.rewards))
+    needs_world = sorted({name for t in tasks for name in world_rewards(r.task_rewards(t))})
     if not needs_world and all(data.reference_task(t, 1) for t in tasks):
         return False, ""
     if needs_world:
@@ -107,7 +107,7 @@ def copy_unchanged(source, out, reason: str, mode: str, sampling) -> dict:
 def rl_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict | None:
     from arm.model.saved import UNIFIED_MODEL_FILES, load_unified_model, save_unified_model
     from arm.rl.data import RLPrompts
-    from arm.rl.rewards import combined_reward
+    from arm.rl.rewards import task_rewards
     from arm.model.stage import training_strategy
     from arm.rl.train import GRPOModule
     from arm.tokenizer.model import VisualTokenizer
@@ -129,9 +129,9 @@ def rl_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict | None:
         return copy_unchanged(source, out, reason, r.mode, cfg.sampling)
     start_stage(r.seed)
     model, info, text_tokenizer = load_unified_model(source)
-    reference = copy.deepcopy(model)
+    reference = copy.deepcopy(model) if r.beta > 0 else None   # the KL term's frozen reference
     visual = VisualTokenizer.load(cfg.stage_dir("tokenizer"))
-    reward_fn = combined_reward(dict(r.rewards))
+    reward_fn = task_rewards({task: r.task_rewards(task) for task in ("t2i", "edit")})
 
     stamp = fingerprint(asdict(r), source / "model.safetensors", cfg.stage_dir("prepare") / "summary.json",
                         cfg.stage_dir("encode") / "summary.json",

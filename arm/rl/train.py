@@ -1,10 +1,12 @@
 """The GRPO loop as a thin LightningModule. One training step is one rollout batch:
 
     1. rollout  for each prompt sample G images with the inference engine (KV cache, guidance), decode
-                them with the visual tokenizer and score them with the rewards -> r (P, G)
-    2. advantage A = (r - mean_G r) / (std_G r + 1e-4)                       (objective.group_advantages)
-    3. log-probs of each sampled code under the policy (conditional prompt, image ids only, as sampled),
-                the frozen reference and, with several inner updates, the rollout-time policy
+                them with the visual tokenizer and score them with the rewards -> r (P, G); with
+                rl.rollout_prompts > prompts_per_step keep the groups whose rewards vary most
+    2. advantage A = (r - mean_G r) / (std_G r + 1e-4), or r - mean_G r     (objective.group_advantages)
+    3. log-probs of each sampled code under the policy (with rl.guided_policy, of the guided mix of
+                rows the sample was drawn from; else the conditional prompt's; image ids only), the frozen
+                reference (beta > 0) and, with several inner updates, the rollout-time policy
     4. loss     per token -min(ratio A, clip(ratio) A) + beta KL_k3(policy || reference), averaged per
                 sequence then over sequences (objective.grpo_loss); `inner_updates` optimiser steps
     5. replay   (optional) + replay_weight x next-token loss on a batch of understanding sequences
@@ -176,14 +178,16 @@ class GRPOModule(L.LightningModule):
         self.sampling = rollout_sampling(sampling, settings.sampling)  # how rollouts draw
         self.info, self.text_tokenizer, self.reward_fn = info, text_tokenizer, reward_fn
         # Not submodules: frozen, not optimised, not checkpointed.
-        self._frozen = {"reference": reference.eval().requires_grad_(False),
-                        "visual": visual_tokenizer.eval().requires_grad_(False)}
+        # With beta 0 there is no KL term, and no reference to hold or run (None).
+        self._frozen = {"visual": visual_tokenizer.eval().requires_grad_(False)}
+        if reference is not None:
+            self._frozen["reference"] = reference.eval().requires_grad_(False)
         self.automatic_optimization = False
         self.history: list[dict] = []  # per step: mean reward per task and component (for metrics.json)
 
     @property
     def reference(self):
-        return self._frozen["reference"]
+        return self._frozen.get("reference")
 
     def on_fit_start(self) -> None:
         from arm.pipeline import Pipeline
@@ -279,7 +283,7 @@ class GRPOModule(L.LightningModule):
         advantages = group_advantages(rewards, scale=s.advantage == "std").flatten().to(self.device)  # (N,)
         n = len(advantages)
         replaying = self.replay is not None and s.replay_weight > 0
-        logp_ref = self._frozen_logprobs(self.reference, roll)
+        logp_ref = self._frozen_logprobs(self.reference, roll) if s.beta > 0 else None
         # With one update per rollout the policy is still the rollout policy: ratio 1, no extra forward.
         logp_old = self._frozen_logprobs(self.model, roll) if s.inner_updates > 1 else None
         opt, schedule = self.optimizers(), self.lr_schedulers()
@@ -291,7 +295,8 @@ class GRPOModule(L.LightningModule):
                 logp, entropy = mixture_logprobs(self.model, roll.mixtures[c], roll.codes[c], self.pipe.vocab,
                                                  self.sampling.temperature)
                 old = logp.detach() if logp_old is None else logp_old[c]
-                terms = grpo_loss(logp, old, logp_ref[c], advantages[c], torch.ones_like(logp), s.clip_eps, s.beta)
+                ref = logp.detach() if logp_ref is None else logp_ref[c]   # beta 0: KL 0, no reference run
+                terms = grpo_loss(logp, old, ref, advantages[c], torch.ones_like(logp), s.clip_eps, s.beta)
                 # The mean over this process's n sequences; every process holds as many (whole groups, an
                 # equal share), so DDP's average over processes is the mean over all of the step's.
                 weight = (c.stop - c.start) / n
