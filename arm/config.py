@@ -366,8 +366,12 @@ class SamplingConfig:
     temperature: float = MISSING             # of image tokens (0 = greedy)
     top_k: int = MISSING                     # 0 = off
     top_p: float = MISSING                   # 1 = off
+    jacobi_window: int = 0                   # draft codes per decoding step (speculative Jacobi decoding:
+                                             # the same distribution in fewer steps; 0 = one code per step)
 
     def __post_init__(self):
+        if not 0 <= self.jacobi_window <= 64:
+            raise ValueError(f"sampling.jacobi_window must be in [0, 64] (0 = off), got {self.jacobi_window}")
         for name in ("generation_guidance", "edit_guidance", "edit_image_guidance"):
             if not 0 <= getattr(self, name) <= 20:
                 raise ValueError(f"sampling.{name} must be in [0, 20] (1 = no guidance), got {getattr(self, name)}")

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from arm.model.decoding import StaticDecoder, supports
 from arm.model.positions import ImagePositions, model_positions, source_grid
 from arm.model.vocab import EOS, Vocab
 
@@ -58,18 +59,51 @@ def sample(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator 
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
 
 
-def sample_rows(logits: torch.Tensor, samplings: list[Sampling], generators: list) -> torch.Tensor:
-    """(B, V) -> (B,) ids, row i drawn by its own generator with its own sampling: a row's draw never
-    depends on the other rows. Rows that share their settings are filtered and normalised as one batch;
-    only the draw itself is per row."""
-    first = samplings[0]
-    if all((s.temperature, s.top_k, s.top_p) == (first.temperature, first.top_k, first.top_p) for s in samplings):
-        if first.temperature < GREEDY_BELOW:
-            return logits.argmax(-1)
-        probs = filter_logits(logits / first.temperature, first.top_k, first.top_p).softmax(-1)
-        return torch.cat([torch.multinomial(probs[i:i + 1], 1, generator=generators[i]).squeeze(-1)
-                          for i in range(len(samplings))])
-    return torch.cat([sample(logits[i:i + 1], samplings[i], generators[i]) for i in range(len(samplings))])
+def sampling_probs(logits: torch.Tensor, samplings: list[Sampling]) -> torch.Tensor:
+    """(B, ..., K) logits -> (B, ..., K) the distribution row b samples from under `samplings[b]`:
+    temperature, top-k and top-p applied and normalised; a greedy row (temperature ~ 0) one-hot at its
+    argmax. Rows that share their settings are computed as one batch."""
+    out = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
+    groups: dict[tuple, list[int]] = {}
+    for row, s in enumerate(samplings):
+        groups.setdefault((s.temperature, s.top_k, s.top_p), []).append(row)
+    for (temperature, top_k, top_p), rows in groups.items():
+        index = slice(None) if len(rows) == len(samplings) else torch.tensor(rows, device=logits.device)
+        x = logits[index].float()
+        if temperature < GREEDY_BELOW:
+            probs = torch.zeros_like(x).scatter_(-1, x.argmax(-1, keepdim=True), 1.0)
+        else:
+            probs = filter_logits(x / temperature, top_k, top_p).softmax(-1)
+        out[index] = probs
+    return out
+
+
+def draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF sampling: (..., K) weights (not necessarily normalised) and (...) uniforms in [0, 1)
+    -> (...) the first id whose cumulative weight passes u x total. An id of weight 0 is never drawn.
+
+    >>> draw(torch.tensor([[0.0, 0.5, 0.0, 0.5]]), torch.tensor([0.7])).tolist()
+    [3]
+    """
+    cdf = probs.cumsum(-1)
+    target = (u * cdf[..., -1]).unsqueeze(-1).contiguous()
+    return torch.searchsorted(cdf.contiguous(), target, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
+
+
+def row_uniforms(sampling: Sampling | list[Sampling], rows: int, iterations: int, per_iteration: int,
+                 device: torch.device) -> torch.Tensor:
+    """(rows, iterations, per_iteration) uniforms: every random number a decode will use, drawn up front.
+    With one sampling per row, row b's come from its own generator seeded `samplings[b].seed`, so they
+    do not depend on the other rows of the batch; with one sampling for all rows, from one generator
+    (unseeded: torch's global one)."""
+    shape = (iterations, per_iteration)
+    if isinstance(sampling, list):
+        parts = [torch.rand(shape, generator=torch.Generator().manual_seed(s.seed)) if s.seed is not None
+                 else torch.rand(shape) for s in sampling]
+        return torch.stack(parts).to(device)
+    seed = sampling.seed
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    return torch.rand((rows, *shape), generator=generator).to(device)
 
 
 def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,7 +136,10 @@ def cache_argument(model) -> str:
 
 
 class Engine:
-    def __init__(self, model, vocab: Vocab):
+    def __init__(self, model, vocab: Vocab, static_cache: bool = True):
+        """`static_cache`: decode with `StaticDecoder` (a preallocated cache, a few plain ops per layer)
+        where it supports the model; False, or a model it does not support, runs the library's forward
+        with its `DynamicCache`. Both give the same logits (tests/test_decoding.py)."""
         self.model = model.eval()
         self.vocab = vocab
         self.device = next(model.parameters()).device
@@ -110,60 +147,101 @@ class Engine:
         self.image_positions = self.positions is not None
         self.source_embedding = self.image_positions and self.positions.source_embedding
         self.cache_argument = cache_argument(model)
+        self.decoder = StaticDecoder(model) if static_cache and supports(model) else None
+
+    def embed(self, ids: torch.Tensor, image_cells: torch.Tensor | None = None,
+              source_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) ids -> (B, T, d) the model's inputs (with image positions and source, where it has them)."""
+        if self.image_positions:
+            return self.model.input_embeddings(ids, image_cells, source_ids)
+        return self.model.get_input_embeddings()(ids)
 
     # --- the two primitives: prefill a batch, then extend it one token at a time -------------------
 
     @torch.no_grad()
-    def prefill(self, sequences: list[list[int]]):
-        """Run the prompts; returns the last position's logits (B, V) and the decoding state."""
-        from transformers import DynamicCache
-
+    def prefill(self, sequences: list[list[int]], new_tokens: int):
+        """Run the prompts; returns the last position's logits (B, V) and the decoding state, with room
+        for `new_tokens` more tokens per row."""
         ids, mask = left_pad(sequences, self.vocab.pad)
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = model_positions(self.model, ids, mask)
-        cache = DynamicCache()  # filled in place by every forward that is handed it
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                         **{self.cache_argument: cache})
-        state = {"cache": cache, "mask": mask, "next_position": positions[:, -1] + 1}
+        state = {"next_position": positions[:, -1] + 1}
         if self.source_embedding:  # each row's source by cell, for the target tokens sampled next
             s = self.positions
             state["source_grid"] = source_grid(ids, s.image_offset, s.codebook_size, s.soi_id, s.cells)
+        if self.decoder is not None:
+            state["cache"] = self.decoder.new_cache(len(sequences), ids.shape[1] + new_tokens)
+            logits = self.decoder.forward(self.embed(ids), positions, state["cache"], real=mask.bool(), last_only=True)
+            return logits.float(), state
+        from transformers import DynamicCache
+
+        state["cache"], state["mask"] = DynamicCache(), mask  # the cache is filled in place by every forward
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                         **{self.cache_argument: state["cache"]})
         return out.logits[:, -1].float(), state
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor, state: dict, image_cell: int = -1) -> torch.Tensor:
         """Append `tokens` (B,) and return the next logits (B, V). `image_cell`: the tokens' index in the
         image span being sampled (-1 for text), for models with image row and column embeddings."""
-        state["mask"] = torch.cat([state["mask"], torch.ones_like(state["mask"][:, :1])], dim=1)
         extra = {"image_cells": torch.full_like(tokens[:, None], image_cell)} if self.image_positions else {}
         if self.source_embedding:  # the source's token for the cell these tokens predict (none after text)
             grid = state["source_grid"]
             column = min(image_cell + 1, grid.shape[1] - 1) if image_cell >= 0 else grid.shape[1] - 1
             extra["source_ids"] = grid[:, column:column + 1]
-        out = self.model(input_ids=tokens[:, None], attention_mask=state["mask"],
-                         position_ids=state["next_position"][:, None], use_cache=True,
-                         **{self.cache_argument: state["cache"]}, **extra)
+        positions = state["next_position"][:, None]
         state["next_position"] = state["next_position"] + 1
+        if self.decoder is not None:
+            embeds = self.embed(tokens[:, None], extra.get("image_cells"), extra.get("source_ids"))
+            return self.decoder.forward(embeds, positions, state["cache"], last_only=True).float()
+        state["mask"] = torch.cat([state["mask"], torch.ones_like(state["mask"][:, :1])], dim=1)
+        out = self.model(input_ids=tokens[:, None], attention_mask=state["mask"], position_ids=positions,
+                         use_cache=True, **{self.cache_argument: state["cache"]}, **extra)
         return out.logits[:, -1].float()
 
     # --- images -------------------------------------------------------------------------------------
+
+    def advance(self, tokens: torch.Tensor, cells: torch.Tensor, state: dict) -> torch.Tensor:
+        """Append T image tokens to every row, row b's at its own next slot: tokens (B, T) ids, cells (B, T)
+        their index in the image span. -> (B, T, V) logits, the distribution after each. Needs the static
+        decoder (rows may stand at different lengths); the caller then keeps what it accepts
+        (`keep`)."""
+        t = tokens.shape[1]
+        extra = {"image_cells": cells} if self.image_positions else {}
+        if self.source_embedding:  # the source's token for the cell each token predicts next
+            grid = state["source_grid"]
+            extra["source_ids"] = grid.gather(1, (cells + 1).clamp(max=grid.shape[1] - 1))
+        positions = state["next_position"][:, None] + torch.arange(t, device=tokens.device)
+        embeds = self.embed(tokens, extra.get("image_cells"), extra.get("source_ids"))
+        state["lengths_before"] = state["cache"].lengths
+        return self.decoder.forward(embeds, positions, state["cache"]).float()
+
+    @staticmethod
+    def keep(state: dict, kept: torch.Tensor) -> None:
+        """After `advance`, keep the first `kept[b]` (B,) of the tokens row b was given; forget the rest."""
+        state["cache"].truncate(state["lengths_before"] + kept)
+        state["next_position"] = state["next_position"] + kept
 
     @torch.no_grad()
     def generate_images(self, cond: list[list[int]], num_tokens: int, *, uncond: list[list[int]] | None = None,
                         guidance_scale: float | list[float] = 1.0, source_only: list[list[int]] | None = None,
                         image_guidance_scale: float | list[float] = 1.0,
-                        sampling: Sampling | list[Sampling] | None = None) -> torch.Tensor:
+                        sampling: Sampling | list[Sampling] | None = None, window: int = 0) -> torch.Tensor:
         """Sample exactly `num_tokens` image codes after each prompt (each ends with `<|soi|>`).
         With `uncond` (and for editing `source_only`), guided; all rows run as one batch. -> (B, num_tokens).
 
-        Scales and sampling may also be given per row (lists of length B): each row then samples with its
-        own seeded generator, so a row's result does not depend on the other rows of the batch (the
-        service batches unrelated requests)."""
+        Scales and sampling may also be given per row (lists of length B): each row then draws its random
+        numbers from its own seeded generator, so a row's result does not depend on the other rows of the
+        batch (the service batches unrelated requests).
+
+        `window` > 0 decodes by speculative Jacobi decoding (Teng et al. 2024, as Lumina-mGPT uses it):
+        each step also feeds `window` draft codes for the cells ahead, keeps the longest prefix that passes
+        speculative sampling's test (draft x from q is kept with probability min(1, p(x) / q(x)); the first
+        refused is redrawn from max(0, p - q)) and drafts the next cells from the distributions this step
+        computed. What it samples has the distribution of plain decoding; it only takes fewer steps.
+        Needs the static decoder; with the library's forward the window is 0."""
         b = len(cond)
-        per_row = isinstance(sampling, list)
-        samplings = sampling if per_row else [sampling or Sampling()]
-        generators = [torch.Generator(device="cpu").manual_seed(s.seed) if s.seed is not None else None
-                      for s in samplings]
+        samplings = sampling if isinstance(sampling, list) else [sampling or Sampling()] * b
         text_scale, image_scale = _row_scales(guidance_scale, b), _row_scales(image_guidance_scale, b)
         if source_only is not None and bool((image_scale == 1.0).all()):
             # At source scale 1 the mix is src + s (c - src): the fully unconditional rows drop out, so an
@@ -172,35 +250,88 @@ class Engine:
         guided = uncond is not None and (bool((text_scale != 1.0).any())
                                          or (source_only is not None and bool((image_scale != 1.0).any())))
         rows = list(cond) + (list(uncond) + (list(source_only) if source_only is not None else []) if guided else [])
+        copies = len(rows) // b                    # rows per image: 1, 2 (guided) or 3 (two edit scales)
         lo, hi = self.vocab.image_offset, self.vocab.image_offset + self.vocab.codebook_size
-        logits, state = self.prefill(rows)
-        text_scale, image_scale = text_scale.to(logits.device), image_scale.to(logits.device)
+        k_codes, n = hi - lo, num_tokens
+        window = window if self.decoder is not None else 0
+        logits, state = self.prefill(rows, num_tokens + window)
+        device = logits.device
+        text_scale, image_scale = text_scale.to(device), image_scale.to(device)
         unguided_rows = (text_scale == 1.0) & ((image_scale == 1.0) if source_only is not None else True)
-        codes = []
-        for cell in range(num_tokens):
-            image_logits = logits[:, lo:hi]  # constrained: only image ids inside the span
-            if guided:
-                c, u = image_logits[:b], image_logits[b:2 * b]
-                if source_only is not None:
-                    src = image_logits[2 * b:3 * b]
-                    # A row at source scale 1 mixes exactly as it would alone, in the two-row batch above.
-                    mixed = torch.where(image_scale == 1.0, src + text_scale * (c - src),
-                                        u + image_scale * (src - u) + text_scale * (c - src))
-                else:
-                    mixed = u + text_scale * (c - u)
-                # Rows at scale 1 are exactly conditional (u + 1 * (c - u) can round differently from c).
-                mixed = torch.where(unguided_rows, c, mixed)
+
+        def distribution(all_logits: torch.Tensor) -> torch.Tensor:
+            """(copies * B, [T,] V) logits -> (B, [T,] K): the guided mix of image logits, as each row samples it."""
+            image_logits = all_logits[..., lo:hi]  # constrained: only image ids inside the span
+            shape = (b,) + (1,) * (image_logits.dim() - 1)
+            ts, is_, plain = (x.expand(b, 1).reshape(shape) for x in (text_scale, image_scale, unguided_rows))
+            c = image_logits[:b]
+            if not guided:
+                return sampling_probs(c, samplings)
+            u = image_logits[b:2 * b]
+            if source_only is not None:
+                src = image_logits[2 * b:3 * b]
+                # A row at source scale 1 mixes exactly as it would alone, in the two-row batch above.
+                mixed = torch.where(is_ == 1.0, src + ts * (c - src), u + is_ * (src - u) + ts * (c - src))
             else:
-                mixed = image_logits
-            mixed = mixed.cpu()
-            if per_row:  # (B,) codes in [0, K), each row from its own generator
-                chosen = sample_rows(mixed, samplings, generators)
+                mixed = u + ts * (c - u)
+            # Rows at scale 1 are exactly conditional (u + 1 * (c - u) can round differently from c).
+            return sampling_probs(torch.where(plain, c, mixed), samplings)
+
+        # Random numbers per step: [0] draws the committed code, [1 : 1 + window] test the drafts,
+        # [1 + window :] draw the next drafts. A step commits at least one code, so n steps suffice.
+        uniforms = row_uniforms(sampling if isinstance(sampling, list) else samplings[0], b, n, 1 + 2 * window, device)
+        codes = torch.zeros(b, n, dtype=torch.long, device=device)
+        codes[:, 0] = draw(distribution(logits), uniforms[:, 0, 0])
+        done = torch.ones(b, dtype=torch.long, device=device)          # (B,) codes committed per image
+        drafts = (uniforms[:, 0, 1 + window:] * k_codes).long().clamp(max=k_codes - 1)     # (B, window)
+        draft_probs = torch.full((b, window, k_codes), 1.0 / k_codes, device=device)        # q of each draft
+        offsets = torch.arange(window + 1, device=device)
+        batch = torch.arange(b, device=device)
+        self.decode_steps = 0   # forward steps after the prefill, for benchmarks: n - 1 without drafts
+        for step in range(1, n):
+            active = done < n
+            if not bool(active.any()):
+                break
+            self.decode_steps += 1
+            last = codes.gather(1, (done - 1).clamp(max=n - 1)[:, None])                      # (B, 1)
+            if self.decoder is None:  # the library's forward: one code per step, every row in step
+                probs = distribution(self.step((last[:, 0] + lo).repeat(copies), state, image_cell=step - 1))[:, None]
             else:
-                chosen = sample(mixed, samplings[0], generators[0])
-            codes.append(chosen)
-            token = (chosen + lo).to(self.device)
-            logits = self.step(token.repeat(len(rows) // b), state, image_cell=cell)
-        return torch.stack(codes, dim=1)
+                tokens = torch.cat([last, drafts], dim=1)                                     # (B, 1 + window)
+                cells = (done - 1)[:, None] + offsets
+                probs = distribution(self.advance((tokens + lo).repeat(copies, 1), cells.repeat(copies, 1), state))
+            u = uniforms[:, step]                                                             # (B, 1 + 2 window)
+            # probs[:, j]: the distribution of cell done + j, given everything before it in this step's input.
+            if window:
+                p_draft = probs[:, :window].gather(-1, drafts[..., None]).squeeze(-1)          # (B, window)
+                q_draft = draft_probs.gather(-1, drafts[..., None]).squeeze(-1)
+                in_image = (done[:, None] + offsets[:window]) < n
+                passed = (u[:, 1:1 + window] * q_draft < p_draft) & in_image
+                accepted = passed.long().cumprod(1).sum(1)                                    # (B,) leading drafts kept
+                p_next = probs[batch, accepted]                                               # (B, K) at cell done + accepted
+                q_next = draft_probs[batch, accepted.clamp(max=window - 1)]
+                residual = (p_next - q_next).clamp(min=0)
+                redraw = (accepted < window) & (residual.sum(-1) > 0)
+                chosen = draw(torch.where(redraw[:, None], residual, p_next), u[:, 0])
+            else:
+                accepted = torch.zeros(b, dtype=torch.long, device=device)
+                chosen = draw(probs[:, 0], u[:, 0])
+            # Commit the accepted drafts and the drawn code at cells done .. done + accepted (inside the image).
+            candidates = torch.cat([drafts, chosen[:, None]], dim=1).scatter(1, accepted[:, None], chosen[:, None])
+            commit = torch.where(active, torch.minimum(accepted + 1, n - done), torch.zeros_like(done))
+            take = offsets[None, :] < commit[:, None]                                          # (B, 1 + window)
+            columns = (done[:, None] + offsets).clamp(max=n - 1)
+            codes[batch[:, None].expand_as(take)[take], columns[take]] = candidates[take]
+            if self.decoder is not None:   # the cache keeps the fed code and the committed drafts
+                self.keep(state, commit.repeat(copies))
+            done = done + commit
+            if window:  # draft cells done .. done + window - 1 from this step's distributions where it has them
+                ahead = commit[:, None] + offsets[:window]                                     # index into probs
+                known = (ahead <= window)[..., None]
+                draft_probs = torch.where(known, probs.gather(1, ahead.clamp(max=window)[..., None].expand(-1, -1, k_codes)),
+                                          torch.full_like(draft_probs, 1.0 / k_codes))
+                drafts = draw(draft_probs, u[:, 1 + window:])
+        return codes.cpu()
 
     # --- text -----------------------------------------------------------------------------------------
 
@@ -210,7 +341,7 @@ class Engine:
         """Answers after each prompt, stopping at `<|eos|>` (not included); text ids only, never image ids."""
         sampling = sampling or Sampling(temperature=0.0)
         generator = torch.Generator(device="cpu").manual_seed(sampling.seed) if sampling.seed is not None else None
-        logits, state = self.prefill(prompts)
+        logits, state = self.prefill(prompts, max_new_tokens)
         eos = self.vocab[EOS]
         done = torch.zeros(len(prompts), dtype=torch.bool)
         answers: list[list[int]] = [[] for _ in prompts]

@@ -158,7 +158,7 @@ class Pipeline:
             uncond = [self.generation_prompt([]) for _ in cond]
             out.append(self.engine.generate_images(cond, self.num_image_tokens, uncond=uncond,
                                                    guidance_scale=s.generation_guidance,
-                                                   sampling=row_samplings(s, seed, a, b)))
+                                                   sampling=row_samplings(s, seed, a, b), window=s.jacobi_window))
         return torch.cat(out).numpy() if out else np.zeros((0, self.num_image_tokens), np.int64)
 
     def generate(self, prompts: list[str], seed: int | None = 0, sampling: SamplingConfig | None = None) -> np.ndarray:
@@ -181,7 +181,8 @@ class Pipeline:
             source_only = [self.edit_prompt(c, []) for c in source_codes[a:b]]
             out.append(self.engine.generate_images(
                 cond, self.num_image_tokens, uncond=uncond, guidance_scale=s.edit_guidance, source_only=source_only,
-                image_guidance_scale=s.edit_image_guidance, sampling=row_samplings(s, seed, a, b)))
+                image_guidance_scale=s.edit_image_guidance, sampling=row_samplings(s, seed, a, b),
+                window=s.jacobi_window))
         return torch.cat(out).numpy() if out else np.zeros((0, self.num_image_tokens), np.int64)
 
     def edit(self, images: np.ndarray, instructions: list[str], seed: int | None = 0,

@@ -314,7 +314,8 @@ def generate_together(pipe, requests: list[tuple[GenerationRequest, list[int]]])
     for a in range(0, len(rows), pipe.batch_size):
         b = a + pipe.batch_size
         codes.append(pipe.engine.generate_images(rows[a:b], pipe.num_image_tokens, uncond=uncond[a:b],
-                                                 guidance_scale=scales[a:b], sampling=samplings[a:b]))
+                                                 guidance_scale=scales[a:b], sampling=samplings[a:b],
+                                                 window=pipe.sampling.jacobi_window))
     images = pipe.decode_codes(torch.cat(codes))
     owners_array = np.asarray(owners)
     return [images[owners_array == k] for k in range(len(requests))]

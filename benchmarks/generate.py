@@ -1,5 +1,7 @@
-"""Unified-model speed: decoding with and without the KV cache, the cost of batched classifier-free
-guidance (and of editing at source scale 1, two rows, against 1.5, three rows), batch scaling, and
+"""Unified-model speed: the decoders side by side (the library's forward over its `DynamicCache`, the
+static-cache decoder, and speculative Jacobi decoding on top of it) at batch 1, 16 and 64, unguided and
+guided, with each decoder's world scores on a slice of the test split paired against the library's;
+decoding without a KV cache, the cost of editing at source scale 1 (two rows) against 1.5 (three), and
 training throughput (fp32 and bf16 autocast) with its achieved FLOP/s against a plain matmul of the
 same dtype measured in the same run (a CPU's practical peak, the denominator of our MFU).
 
@@ -69,12 +71,120 @@ def decode_without_cache(model, prompt: torch.Tensor, num_tokens: int, lo: int, 
     return ids[:, prompt.shape[1]:]
 
 
+def _rate(fn, device, min_seconds: float = 2.0) -> float:
+    """Seconds per call: one warm-up call, then as many calls as fill `min_seconds`."""
+    fn()
+    _sync(device)
+    count, start = 0, time.perf_counter()
+    while count == 0 or time.perf_counter() - start < min_seconds:
+        fn()
+        count += 1
+    _sync(device)
+    return (time.perf_counter() - start) / count
+
+
+def decoding_variants(args, model, vocab, device, num_tokens: int) -> dict:
+    """Images/s at each batch size, unguided and guided, for the library's forward (`DynamicCache`), the
+    static decoder, and the static decoder with Jacobi windows; the forward steps each takes per image;
+    the per-token time against the arithmetic; and each decoder's world scores on a slice of the test
+    split, paired against the library's."""
+    from arm.evaluate.samples import SplitData
+    from arm.generate import Engine, Sampling
+    from arm.model.saved import load_sampling
+    from arm.pipeline import Pipeline
+
+    pipe = Pipeline.load(args.model, args.tokenizer, device=str(device), batch_size=64)
+    own = load_sampling(args.model)
+    data = SplitData(args.prepare, "test")
+    texts = [r["text"] for r in data.task("t2i", None)]
+    variants = {"library": (False, 0), "static": (True, 0)}
+    variants.update({f"static+jacobi{w}": (True, w) for w in args.windows})
+    out: dict = {"sampling": {"temperature": own.temperature, "generation_guidance": own.generation_guidance}}
+    for name, (static, window) in variants.items():
+        engine = Engine(pipe.model, pipe.vocab, static_cache=static)
+        for b in args.batches:
+            cond = [pipe.generation_prompt(pipe.text_ids(t)) for t in (texts * b)[:b]]
+            uncond = [pipe.generation_prompt([])] * b
+            sampling = [Sampling(own.temperature, own.top_k, own.top_p, seed=i) for i in range(b)]
+
+            def plain():
+                engine.generate_images(cond, num_tokens, sampling=sampling, window=window)
+
+            def guided():
+                engine.generate_images(cond, num_tokens, uncond=uncond, guidance_scale=own.generation_guidance,
+                                       sampling=sampling, window=window)
+
+            plain_s = _rate(plain, device)
+            plain_steps = engine.decode_steps
+            guided_s = _rate(guided, device)
+            out[f"{name}/images_per_s_batch{b}"] = b / plain_s
+            out[f"{name}/guided_images_per_s_batch{b}"] = b / guided_s
+            out[f"{name}/guidance_cost_ratio_batch{b}"] = guided_s / plain_s
+            out[f"{name}/ms_per_token_batch{b}"] = 1e3 * plain_s / (b * num_tokens)
+            out[f"{name}/steps_per_image_batch{b}"] = plain_steps + 1      # the prefill's code included
+            print(f"{name:>18} batch {b:>3}: {b / plain_s:8.2f} images/s, guided {b / guided_s:8.2f} "
+                  f"({guided_s / plain_s:.2f}x), {plain_steps + 1} steps", flush=True)
+    # The arithmetic of one token at batch 1: 2 FLOPs per weight of every matmul (embedding lookup not),
+    # plus attention over about half the prompt + image; its time at the measured matmul speed.
+    cfg = model.config
+    weights = sum(p.numel() for n, p in model.named_parameters() if "embed_tokens" not in n and p.dim() == 2)
+    context = len(pipe.generation_prompt(pipe.text_ids(texts[0]))) + num_tokens // 2
+    flops = 2 * weights + 4 * cfg.num_hidden_layers * cfg.hidden_size * context
+    peak = matmul_flops(device, torch.float32)
+    out.update({"flops_per_token": flops, "arithmetic_ms_per_token_at_matmul_speed": 1e3 * flops / peak,
+                "matmul_flops_per_s_decode_run": peak})
+    if args.score_records:
+        out.update(decoder_scores(pipe, own, data, variants, args.score_records))
+    return out
+
+
+def decoder_scores(pipe, own, data, variants: dict, records: int) -> dict:
+    """Generation accuracy and edit G_O of each decoder on the first `records` test prompts and edits
+    (image i drawn with seed i), paired with the library decoder's on the same items."""
+    import dataclasses
+
+    from arm.evaluate.samples import EvalSettings, Samples
+    from arm.evaluate.stats import paired_difference_ci, record_of
+    from arm.evaluate.world import evaluate_editing, evaluate_generation
+    from arm.generate import Engine
+
+    scored: dict[str, dict[str, dict]] = {}
+    for name, (static, window) in variants.items():
+        pipe.engine = Engine(pipe.model, pipe.vocab, static_cache=static)
+        settings = EvalSettings(limit=records, samples_per_prompt=1, seed=0,
+                                sampling=dataclasses.replace(own, jacobi_window=window))
+        samples = Samples()
+        evaluate_generation(pipe, data, settings, samples)
+        evaluate_editing(pipe, data, settings, samples)
+        scored[name] = {}
+        for s in samples.scores:
+            if s["metric"] in ("gen/acc", "edit/g_o"):
+                scored[name].setdefault(s["metric"], {})[s["item"]] = s["value"]
+    out = {}
+    for name in variants:
+        for metric, values in scored[name].items():
+            reference = scored["library"][metric]
+            items = sorted(values)
+            a, b = [reference[i] for i in items], [values[i] for i in items]
+            d = paired_difference_ci(a, b, clusters=[record_of(i) for i in items])
+            out[f"{name}/{metric}"] = sum(b) / len(b)
+            if name != "library":
+                out[f"{name}/{metric}_minus_library"] = {"delta": d.value, "low": d.low, "high": d.high}
+                out[f"{name}/{metric}_identical_to_library"] = sum(x == y for x, y in zip(a, b)) / len(a)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="artifacts/pretrain")
     parser.add_argument("--config", default="configs/default.yaml")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--windows", type=int, nargs="+", default=[8, 16], help="Jacobi windows to measure")
+    parser.add_argument("--tokenizer", default="artifacts/tokenizer")
+    parser.add_argument("--prepare", default="artifacts/prepare")
+    parser.add_argument("--score-records", type=int, default=200,
+                        help="test records per task scored by each decoder (0: timings only)")
     parser.add_argument("--train-steps", type=int, default=5)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "generate.json"))
     parser.add_argument("overrides", nargs="*", help="config overrides, section.key=value")
@@ -111,26 +221,16 @@ def main() -> None:
     def prompts(b):
         return [[vocab["<|t2i|>"]] + [(7 * i + j) % 200 for j in range(prompt_len)] + [vocab["<|soi|>"]] for i in range(b)]
 
-    # KV cache vs a full forward per token, batch 1 and 16, greedy.
-    for b in (1, 16):
-        ids = torch.tensor(prompts(b), device=device)
-        with torch.no_grad():
-            no_cache = _timed(lambda: decode_without_cache(model, ids, num_tokens, lo, hi), device)
-        cached = _timed(lambda: engine.generate_images(prompts(b), num_tokens, sampling=Sampling(temperature=0.0)), device)
-        result[f"tokens_per_s_no_cache_batch{b}"] = b * num_tokens / no_cache
-        result[f"tokens_per_s_kv_cache_batch{b}"] = b * num_tokens / cached
-        result[f"kv_cache_speedup_batch{b}"] = no_cache / cached
+    # KV cache vs a full forward per token, batch 1, greedy.
+    ids = torch.tensor(prompts(1), device=device)
+    with torch.no_grad():
+        no_cache = _timed(lambda: decode_without_cache(model, ids, num_tokens, lo, hi), device)
+    cached = _timed(lambda: engine.generate_images(prompts(1), num_tokens, sampling=Sampling(temperature=0.0)), device)
+    result.update({"tokens_per_s_no_cache_batch1": num_tokens / no_cache, "tokens_per_s_kv_cache_batch1": num_tokens / cached,
+                   "kv_cache_speedup_batch1": no_cache / cached})
 
-    # Batch scaling, unguided and guided (cond + uncond rows in one batch), sampled.
-    for b in args.batches:
-        plain = _timed(lambda: engine.generate_images(prompts(b), num_tokens, sampling=Sampling(seed=0)), device)
-        uncond = [[vocab["<|t2i|>"], vocab["<|soi|>"]]] * b
-        guided = _timed(lambda: engine.generate_images(prompts(b), num_tokens, uncond=uncond, guidance_scale=3.0,
-                                                       sampling=Sampling(seed=0)), device)
-        result[f"images_per_s_batch{b}"] = b / plain
-        result[f"image_tokens_per_s_batch{b}"] = b * num_tokens / plain
-        result[f"guided_images_per_s_batch{b}"] = b / guided
-        result[f"guidance_cost_ratio_batch{b}"] = guided / plain
+    # The decoders, on the test split's own prompts at the model's own sampling (its sampling.json).
+    result.update(decoding_variants(args, model, vocab, device, num_tokens))
 
     # Editing's two guidance scales: at source scale != 1 each edit runs three rows (cond, uncond,
     # source-only); at source scale 1 (the default's evaluation) the unconditional row drops out.

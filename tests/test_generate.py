@@ -73,7 +73,7 @@ def test_kv_cache_decode_matches_full_forward_with_image_positions(positions_eng
 def test_kv_cache_decode_matches_full_forward(engine):
     prompt = [engine.vocab["<|t2i|>"], 3, 4, 5, engine.vocab["<|soi|>"]]
     extra = [engine.vocab.image_id(i) for i in (1, 7, 3, 9)]
-    logits, state = engine.prefill([prompt])
+    logits, state = engine.prefill([prompt], new_tokens=len(extra))
     cached = [logits]
     for t in extra:
         cached.append(engine.step(torch.tensor([t]), state))
@@ -84,8 +84,8 @@ def test_kv_cache_decode_matches_full_forward(engine):
 def test_left_padded_rows_match_unpadded(engine):
     short, long = [engine.vocab["<|t2i|>"], 3, engine.vocab["<|soi|>"]], [engine.vocab["<|t2i|>"], 3, 4, 5, 6,
                                                                           engine.vocab["<|soi|>"]]
-    batched, _ = engine.prefill([short, long])
-    alone, _ = engine.prefill([short])
+    batched, _ = engine.prefill([short, long], 0)
+    alone, _ = engine.prefill([short], 0)
     torch.testing.assert_close(batched[0], alone[0], rtol=1e-4, atol=1e-4)
     ids, mask = left_pad([[1, 2], [3]], pad_id=0)
     assert ids.tolist() == [[1, 2], [0, 3]] and mask.tolist() == [[1, 1], [0, 1]]
@@ -111,8 +111,8 @@ def test_guided_logits_follow_the_cfg_formula(engine):
     prompt = [engine.vocab["<|t2i|>"], 3, 4, engine.vocab["<|soi|>"]]
     uncond = [engine.vocab["<|t2i|>"], engine.vocab["<|soi|>"]]
     # Greedy decoding of the first token must pick argmax(u + s (c - u)) over image ids.
-    c, _ = engine.prefill([prompt])
-    u, _ = engine.prefill([uncond])
+    c, _ = engine.prefill([prompt], 0)
+    u, _ = engine.prefill([uncond], 0)
     lo, hi = engine.vocab.image_offset, engine.vocab.size
     expected = (u[0, lo:hi] + 2.5 * (c[0, lo:hi] - u[0, lo:hi])).argmax()
     got = engine.generate_images([prompt], 1, uncond=[uncond], guidance_scale=2.5, sampling=Sampling(temperature=0))
@@ -127,7 +127,7 @@ def test_edit_guidance_follows_both_scales_and_source_scale_one_runs_two_rows(en
     cond = [v["<|edit|>"], v["<|soi|>"], *source, v["<|eoi|>"], 3, 4, v["<|soi|>"]]
     src_only = [v["<|edit|>"], v["<|soi|>"], *source, v["<|eoi|>"], v["<|soi|>"]]
     uncond = [v["<|edit|>"], v["<|soi|>"]]
-    c, u, src = (engine.prefill([row])[0][0, v.image_offset:v.size] for row in (cond, uncond, src_only))
+    c, u, src = (engine.prefill([row], 0)[0][0, v.image_offset:v.size] for row in (cond, uncond, src_only))
     greedy = Sampling(temperature=0)
     for text, image in ((2.5, 1.5), (2.5, 1.0), (1.0, 2.0)):
         expected = (u + image * (src - u) + text * (c - src)).argmax()
@@ -136,7 +136,7 @@ def test_edit_guidance_follows_both_scales_and_source_scale_one_runs_two_rows(en
         assert int(got[0, 0]) == int(expected), (text, image)
 
     prefill, batch_sizes = engine.prefill, []
-    monkeypatch.setattr(engine, "prefill", lambda rows: (batch_sizes.append(len(rows)), prefill(rows))[1])
+    monkeypatch.setattr(engine, "prefill", lambda rows, n: (batch_sizes.append(len(rows)), prefill(rows, n))[1])
     alone = engine.generate_images([cond], 6, uncond=[uncond], source_only=[src_only], guidance_scale=2.5,
                                    image_guidance_scale=1.0, sampling=Sampling(seed=3))
     assert batch_sizes == [2]  # cond + source-only: the unconditional row is never run
@@ -171,18 +171,23 @@ def test_top_k_and_top_p_filtering():
     assert torch.isinf(filter_logits(logits, top_p=0.5)).tolist() == [[False, True, True, True]]
 
 
-def test_per_row_settings_make_each_row_independent_of_its_batch(engine):
+@pytest.mark.parametrize("window", [0, 4], ids=["plain", "jacobi"])
+def test_per_row_settings_make_each_row_independent_of_its_batch(engine, window):
     """The service batches unrelated requests: a row with its own seed and scales must come out the same
-    alone and beside other rows (and a per-row list with one shared value equals the shared call)."""
+    alone and beside other rows (and a per-row list with one shared value equals the shared call), also
+    when rows accept different numbers of drafts per step."""
     v = engine.vocab
     prompts = [[v["<|t2i|>"], 3, 4, v["<|soi|>"]], [v["<|t2i|>"], 5, v["<|soi|>"]], [v["<|t2i|>"], 6, 7, 8, v["<|soi|>"]]]
     uncond = [[v["<|t2i|>"], v["<|soi|>"]]] * 3
     rows = [Sampling(temperature=1.0, seed=11), Sampling(temperature=0.5, top_k=4, seed=12), Sampling(seed=13)]
-    batch = engine.generate_images(prompts, 8, uncond=uncond, guidance_scale=[3.0, 1.0, 2.0], sampling=rows)
+    batch = engine.generate_images(prompts, 8, uncond=uncond, guidance_scale=[3.0, 1.0, 2.0], sampling=rows,
+                                   window=window)
     for i, scale in enumerate([3.0, 1.0, 2.0]):
-        alone = engine.generate_images([prompts[i]], 8, uncond=[uncond[i]], guidance_scale=[scale], sampling=[rows[i]])
+        alone = engine.generate_images([prompts[i]], 8, uncond=[uncond[i]], guidance_scale=[scale], sampling=[rows[i]],
+                                       window=window)
         assert torch.equal(batch[i], alone[0]), i
-    shared = engine.generate_images(prompts[:1], 8, uncond=uncond[:1], guidance_scale=3.0, sampling=Sampling(seed=11))
+    shared = engine.generate_images(prompts[:1], 8, uncond=uncond[:1], guidance_scale=3.0, sampling=Sampling(seed=11),
+                                    window=window)
     assert torch.equal(shared[0], batch[0])
     with pytest.raises(ValueError, match="2 guidance scales for 3 rows"):
         engine.generate_images(prompts, 2, uncond=uncond, guidance_scale=[1.0, 2.0], sampling=rows)

@@ -151,6 +151,25 @@ class ImagePositionsMixin:
         embeds = self.get_input_embeddings()(source_ids.clamp(min=0)) * inside
         return self.source_projection(embeds)
 
+    def input_embeddings(self, input_ids: torch.Tensor, image_cells: torch.Tensor | None = None,
+                         source_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) ids -> (B, T, d) inputs: the token embeddings, plus row and column embeddings on image
+        tokens, plus (with `source_embedding`) the source's token for the cell an edit's target predicts
+        next. `image_cells` and `source_ids` come from the ids unless given (one-token decoding)."""
+        settings = self.image_position_settings
+        cells_from_ids = image_cells is None
+        if cells_from_ids:
+            image_cells = image_cell_indices(input_ids, settings.image_offset, settings.codebook_size, settings.soi_id)
+        embeds = self.get_input_embeddings()(input_ids)
+        inputs_embeds = embeds + self.image_position_embeddings(image_cells.to(input_ids.device)).to(embeds.dtype)
+        if settings.source_embedding:
+            if source_ids is None:
+                source_ids = next_source_ids(input_ids, settings.image_offset, settings.codebook_size,
+                                             settings.soi_id, settings.cells,
+                                             index=image_cells if cells_from_ids else None)
+            inputs_embeds = inputs_embeds + self.source_embeddings(source_ids.to(input_ids.device)).to(embeds.dtype)
+        return inputs_embeds
+
     def forward(self, input_ids=None, inputs_embeds=None, image_cells: torch.Tensor | None = None,
                 source_ids: torch.Tensor | None = None, logits_at: torch.Tensor | None = None, **kwargs):
         """`image_cells` and `source_ids` are computed from `input_ids` in a full forward; one-token
@@ -166,18 +185,7 @@ class ImagePositionsMixin:
             if kwargs.get("position_ids") is None:  # a full forward (training, scoring): from the ids
                 kwargs["position_ids"] = model_positions(self, input_ids, kwargs["attention_mask"])
         if input_ids is not None:
-            cells_from_ids = image_cells is None
-            if cells_from_ids:
-                image_cells = image_cell_indices(input_ids, settings.image_offset, settings.codebook_size,
-                                                 settings.soi_id)
-            embeds = self.get_input_embeddings()(input_ids)
-            inputs_embeds = embeds + self.image_position_embeddings(image_cells.to(input_ids.device)).to(embeds.dtype)
-            if settings.source_embedding:
-                if source_ids is None:
-                    source_ids = next_source_ids(input_ids, settings.image_offset, settings.codebook_size,
-                                                 settings.soi_id, settings.cells,
-                                                 index=image_cells if cells_from_ids else None)
-                inputs_embeds = inputs_embeds + self.source_embeddings(source_ids.to(input_ids.device)).to(embeds.dtype)
+            inputs_embeds = self.input_embeddings(input_ids, image_cells, source_ids)
         if logits_at is not None:
             # About half of the training positions predict a target (the rest are prompts and padding):
             # the output head and the softmax over every id are paid for those rows alone.
