@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from arm.model.decoding import StaticDecoder, supports
+from arm.model.decoding import SLOT_BUCKET, StaticDecoder, supports
 from arm.model.positions import ImagePositions, model_positions, source_grid
 from arm.model.vocab import EOS, Vocab
 
@@ -136,10 +136,11 @@ def cache_argument(model) -> str:
 
 
 class Engine:
-    def __init__(self, model, vocab: Vocab, static_cache: bool = True):
+    def __init__(self, model, vocab: Vocab, static_cache: bool = True, compile: bool = False):
         """`static_cache`: decode with `StaticDecoder` (a preallocated cache, a few plain ops per layer)
         where it supports the model; False, or a model it does not support, runs the library's forward
-        with its `DynamicCache`. Both give the same logits (tests/test_decoding.py)."""
+        with its `DynamicCache`. Both give the same logits (tests/test_decoding.py). `compile`: the
+        static decoder's steps through torch.compile (each new batch size compiles once)."""
         self.model = model.eval()
         self.vocab = vocab
         self.device = next(model.parameters()).device
@@ -147,7 +148,7 @@ class Engine:
         self.image_positions = self.positions is not None
         self.source_embedding = self.image_positions and self.positions.source_embedding
         self.cache_argument = cache_argument(model)
-        self.decoder = StaticDecoder(model) if static_cache and supports(model) else None
+        self.decoder = StaticDecoder(model, compile=compile) if static_cache and supports(model) else None
 
     def embed(self, ids: torch.Tensor, image_cells: torch.Tensor | None = None,
               source_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -170,8 +171,12 @@ class Engine:
             s = self.positions
             state["source_grid"] = source_grid(ids, s.image_offset, s.codebook_size, s.soi_id, s.cells)
         if self.decoder is not None:
-            state["cache"] = self.decoder.new_cache(len(sequences), ids.shape[1] + new_tokens)
-            logits = self.decoder.forward(self.embed(ids), positions, state["cache"], real=mask.bool(), last_only=True)
+            slots = ids.shape[1] + new_tokens
+            if self.decoder.compiled:  # caches of a few sizes, so compiled steps are reused across calls
+                slots = -(-slots // SLOT_BUCKET) * SLOT_BUCKET
+            state["cache"] = self.decoder.new_cache(len(sequences), slots)
+            logits = self.decoder.forward(self.embed(ids), positions, state["cache"], real=mask.bool(),
+                                          last_only=True, prefill=True)
             return logits.float(), state
         from transformers import DynamicCache
 

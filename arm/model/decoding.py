@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 SUPPORTED_TYPES = ("qwen2", "llama")
+SLOT_BUCKET = 64       # a compiled decoder's caches are sized in multiples of this
 FIXED_ROPE = ("default", "linear", "llama3", "yarn")   # frequencies that do not change with the length
 
 
@@ -114,9 +115,10 @@ class StaticDecoder:
         rotary = self.base.rotary_emb
         self.inv_freq = rotary.inv_freq
         self.rotary_scale = float(rotary.attention_scaling)
-        # One-token steps through torch.compile (fused C++ kernels on CPU, Triton on GPU): shapes are
-        # marked dynamic, so batches and cache sizes reuse one compiled graph.
-        self._compiled = torch.compile(self._forward, dynamic=True) if compile else None
+        # Decoding steps through torch.compile (fused C++ kernels on CPU, Triton on GPU). Shapes are static:
+        # dynamic ones compiled to slower code on the CPU (docs/model.md, Decoding), so each batch size
+        # and cache size compiles once (a cache's slots are rounded up to SLOT_BUCKET to share graphs).
+        self._compiled = torch.compile(self._forward, dynamic=False) if compile else None
 
     def new_cache(self, batch: int, slots: int, dtype: torch.dtype | None = None,
                   device: torch.device | None = None) -> KVCache:
@@ -149,18 +151,23 @@ class StaticDecoder:
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
         return norm.weight * x32.to(dtype)
 
+    @property
+    def compiled(self) -> bool:
+        return self._compiled is not None
+
     def forward(self, embeds: torch.Tensor, positions: torch.Tensor, cache: KVCache,
-                real: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
+                real: torch.Tensor | None = None, last_only: bool = False, prefill: bool = False) -> torch.Tensor:
         """Append T tokens to every row and return their logits (B, T, V) (or (B, V) for the last one with
         `last_only`). embeds (B, T, d): the tokens' input embeddings; positions (B, T): their position
         ids; real (B, T): which of them are tokens (False: left padding), all by default. Row b's tokens
-        go to slots lengths[b] .. lengths[b] + T - 1."""
+        go to slots lengths[b] .. lengths[b] + T - 1. `prefill`: a prompt, whose width varies from call
+        to call, so it runs eagerly even when decoding steps are compiled."""
         b, t, _ = embeds.shape
         if cache.longest + t > cache.slots:
             raise ValueError(f"the KV cache holds {cache.slots} tokens per row; this call needs {cache.longest + t}")
         if real is None:
             real = torch.ones(b, t, dtype=torch.bool, device=embeds.device)
-        run = self._compiled if self._compiled is not None and t == 1 else self._forward
+        run = self._compiled if self._compiled is not None and not prefill else self._forward
         logits = run(embeds, positions, real, cache.keys, cache.values, cache.real, cache.lengths, last_only)
         cache.lengths = cache.lengths + t
         cache.longest += t
