@@ -197,8 +197,8 @@ class Engine:
         positions = state["next_position"][:, None]
         state["next_position"] = state["next_position"] + 1
         if self.decoder is not None:
-            embeds = self.embed(tokens[:, None], extra.get("image_cells"), extra.get("source_ids"))
-            return self.decoder.forward(embeds, positions, state["cache"], last_only=True).float()
+            return self.decoder.forward(tokens[:, None], positions, state["cache"], last_only=True,
+                                        image_cells=extra.get("image_cells"), source_ids=extra.get("source_ids")).float()
         state["mask"] = torch.cat([state["mask"], torch.ones_like(state["mask"][:, :1])], dim=1)
         out = self.model(input_ids=tokens[:, None], attention_mask=state["mask"], position_ids=positions,
                          use_cache=True, **{self.cache_argument: state["cache"]}, **extra)
@@ -217,9 +217,9 @@ class Engine:
             grid = state["source_grid"]
             extra["source_ids"] = grid.gather(1, (cells + 1).clamp(max=grid.shape[1] - 1))
         positions = state["next_position"][:, None] + torch.arange(t, device=tokens.device)
-        embeds = self.embed(tokens, extra.get("image_cells"), extra.get("source_ids"))
         state["lengths_before"] = state["cache"].lengths
-        return self.decoder.forward(embeds, positions, state["cache"]).float()
+        return self.decoder.forward(tokens, positions, state["cache"], image_cells=extra.get("image_cells"),
+                                    source_ids=extra.get("source_ids")).float()
 
     @staticmethod
     def keep(state: dict, kept: torch.Tensor) -> None:
@@ -292,50 +292,48 @@ class Engine:
         draft_probs = torch.full((b, window, k_codes), 1.0 / k_codes, device=device)        # q of each draft
         offsets = torch.arange(window + 1, device=device)
         batch = torch.arange(b, device=device)
-        self.decode_steps = 0   # forward steps after the prefill, for benchmarks: n - 1 without drafts
+        self.decode_steps = n - 1   # forward steps after the prefill (for benchmarks)
+        if not window:  # one code per step, every row in step: nothing to test, nothing to roll back
+            for cell in range(1, n):
+                token = (codes[:, cell - 1] + lo).repeat(copies)
+                codes[:, cell] = draw(distribution(self.step(token, state, image_cell=cell - 1)), uniforms[:, cell, 0])
+            return codes.cpu()
+        self.decode_steps = 0
         for step in range(1, n):
             active = done < n
             if not bool(active.any()):
                 break
             self.decode_steps += 1
             last = codes.gather(1, (done - 1).clamp(max=n - 1)[:, None])                      # (B, 1)
-            if self.decoder is None:  # the library's forward: one code per step, every row in step
-                probs = distribution(self.step((last[:, 0] + lo).repeat(copies), state, image_cell=step - 1))[:, None]
-            else:
-                tokens = torch.cat([last, drafts], dim=1)                                     # (B, 1 + window)
-                cells = (done - 1)[:, None] + offsets
-                probs = distribution(self.advance((tokens + lo).repeat(copies, 1), cells.repeat(copies, 1), state))
+            tokens = torch.cat([last, drafts], dim=1)                                         # (B, 1 + window)
+            cells = (done - 1)[:, None] + offsets
+            probs = distribution(self.advance((tokens + lo).repeat(copies, 1), cells.repeat(copies, 1), state))
             u = uniforms[:, step]                                                             # (B, 1 + 2 window)
             # probs[:, j]: the distribution of cell done + j, given everything before it in this step's input.
-            if window:
-                p_draft = probs[:, :window].gather(-1, drafts[..., None]).squeeze(-1)          # (B, window)
-                q_draft = draft_probs.gather(-1, drafts[..., None]).squeeze(-1)
-                in_image = (done[:, None] + offsets[:window]) < n
-                passed = (u[:, 1:1 + window] * q_draft < p_draft) & in_image
-                accepted = passed.long().cumprod(1).sum(1)                                    # (B,) leading drafts kept
-                p_next = probs[batch, accepted]                                               # (B, K) at cell done + accepted
-                q_next = draft_probs[batch, accepted.clamp(max=window - 1)]
-                residual = (p_next - q_next).clamp(min=0)
-                redraw = (accepted < window) & (residual.sum(-1) > 0)
-                chosen = draw(torch.where(redraw[:, None], residual, p_next), u[:, 0])
-            else:
-                accepted = torch.zeros(b, dtype=torch.long, device=device)
-                chosen = draw(probs[:, 0], u[:, 0])
+            p_draft = probs[:, :window].gather(-1, drafts[..., None]).squeeze(-1)          # (B, window)
+            q_draft = draft_probs.gather(-1, drafts[..., None]).squeeze(-1)
+            in_image = (done[:, None] + offsets[:window]) < n
+            passed = (u[:, 1:1 + window] * q_draft < p_draft) & in_image
+            accepted = passed.long().cumprod(1).sum(1)                                    # (B,) leading drafts kept
+            p_next = probs[batch, accepted]                                               # (B, K) at cell done + accepted
+            q_next = draft_probs[batch, accepted.clamp(max=window - 1)]
+            residual = (p_next - q_next).clamp(min=0)
+            redraw = (accepted < window) & (residual.sum(-1) > 0)
+            chosen = draw(torch.where(redraw[:, None], residual, p_next), u[:, 0])
             # Commit the accepted drafts and the drawn code at cells done .. done + accepted (inside the image).
             candidates = torch.cat([drafts, chosen[:, None]], dim=1).scatter(1, accepted[:, None], chosen[:, None])
             commit = torch.where(active, torch.minimum(accepted + 1, n - done), torch.zeros_like(done))
             take = offsets[None, :] < commit[:, None]                                          # (B, 1 + window)
             columns = (done[:, None] + offsets).clamp(max=n - 1)
             codes[batch[:, None].expand_as(take)[take], columns[take]] = candidates[take]
-            if self.decoder is not None:   # the cache keeps the fed code and the committed drafts
-                self.keep(state, commit.repeat(copies))
+            self.keep(state, commit.repeat(copies))   # the cache keeps the fed code and the committed drafts
             done = done + commit
-            if window:  # draft cells done .. done + window - 1 from this step's distributions where it has them
-                ahead = commit[:, None] + offsets[:window]                                     # index into probs
-                known = (ahead <= window)[..., None]
-                draft_probs = torch.where(known, probs.gather(1, ahead.clamp(max=window)[..., None].expand(-1, -1, k_codes)),
-                                          torch.full_like(draft_probs, 1.0 / k_codes))
-                drafts = draw(draft_probs, u[:, 1 + window:])
+            # Draft cells done .. done + window - 1 from this step's distributions where it has them.
+            ahead = commit[:, None] + offsets[:window]                                         # index into probs
+            known = (ahead <= window)[..., None]
+            draft_probs = torch.where(known, probs.gather(1, ahead.clamp(max=window)[..., None].expand(-1, -1, k_codes)),
+                                      torch.full_like(draft_probs, 1.0 / k_codes))
+            drafts = draw(draft_probs, u[:, 1 + window:])
         return codes.cpu()
 
     # --- text -----------------------------------------------------------------------------------------

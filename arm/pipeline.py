@@ -51,10 +51,13 @@ def check_seeds(seed, rows: int) -> None:
 
 
 class Pipeline:
-    def __init__(self, model, info, text_tokenizer, visual_tokenizer, sampling: SamplingConfig, batch_size: int = 64):
+    def __init__(self, model, info, text_tokenizer, visual_tokenizer, sampling: SamplingConfig, batch_size: int = 64,
+                 compile: bool = False):
+        """`compile`: decoding steps through torch.compile (`Engine`; each new batch size compiles once,
+        seconds to tens of seconds on a CPU), for a long-running service rather than a short script."""
         self.model, self.info, self.text_tokenizer, self.visual = model.eval(), info, text_tokenizer, visual_tokenizer.eval()
         self.vocab = info.vocab()
-        self.engine = Engine(model, self.vocab)
+        self.engine = Engine(model, self.vocab, compile=compile)
         self.sampling = sampling         # the model's own (sampling.json) unless a call passes another
         self.batch_size = batch_size
         self.image_size = visual_tokenizer.cfg.image_size

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import torch
-from reporting import report
+from reporting import cpu_description, report
 
 
 def _sync(device: torch.device) -> None:
@@ -97,11 +97,14 @@ def decoding_variants(args, model, vocab, device, num_tokens: int) -> dict:
     own = load_sampling(args.model)
     data = SplitData(args.prepare, "test")
     texts = [r["text"] for r in data.task("t2i", None)]
-    variants = {"library": (False, 0), "static": (True, 0)}
-    variants.update({f"static+jacobi{w}": (True, w) for w in args.windows})
+    variants = {"library": (False, 0, False), "static": (True, 0, False)}
+    variants.update({f"static+jacobi{w}": (True, w, False) for w in args.windows})
+    if args.compile:
+        variants["compiled"] = (True, 0, True)
+        variants.update({f"compiled+jacobi{w}": (True, w, True) for w in args.windows})
     out: dict = {"sampling": {"temperature": own.temperature, "generation_guidance": own.generation_guidance}}
-    for name, (static, window) in variants.items():
-        engine = Engine(pipe.model, pipe.vocab, static_cache=static)
+    for name, (static, window, compile) in variants.items():
+        engine = Engine(pipe.model, pipe.vocab, static_cache=static, compile=compile)
         for b in args.batches:
             cond = [pipe.generation_prompt(pipe.text_ids(t)) for t in (texts * b)[:b]]
             uncond = [pipe.generation_prompt([])] * b
@@ -133,8 +136,9 @@ def decoding_variants(args, model, vocab, device, num_tokens: int) -> dict:
     peak = matmul_flops(device, torch.float32)
     out.update({"flops_per_token": flops, "arithmetic_ms_per_token_at_matmul_speed": 1e3 * flops / peak,
                 "matmul_flops_per_s_decode_run": peak})
-    if args.score_records:
-        out.update(decoder_scores(pipe, own, data, variants, args.score_records))
+    if args.score_records:  # compiled steps draw what the eager ones do (tests/test_decoding.py): not rescored
+        out.update(decoder_scores(pipe, own, data, {k: v[:2] for k, v in variants.items() if not v[2]},
+                                  args.score_records))
     return out
 
 
@@ -181,6 +185,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--windows", type=int, nargs="+", default=[8, 16], help="Jacobi windows to measure")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time the torch.compile'd decoder (each batch size compiles once, untimed)")
     parser.add_argument("--tokenizer", default="artifacts/tokenizer")
     parser.add_argument("--prepare", default="artifacts/prepare")
     parser.add_argument("--score-records", type=int, default=200,
@@ -216,6 +222,7 @@ def main() -> None:
     engine = Engine(model, vocab)
     params = sum(p.numel() for p in model.parameters())
     result = {"model": source, "parameters": params, "device": str(device), "threads": torch.get_num_threads(),
+              "machine": cpu_description() if device.type == "cpu" else torch.cuda.get_device_name(device),
               "python": platform.python_version(), "image_tokens": num_tokens}
 
     def prompts(b):
@@ -230,7 +237,8 @@ def main() -> None:
                    "kv_cache_speedup_batch1": no_cache / cached})
 
     # The decoders, on the test split's own prompts at the model's own sampling (its sampling.json).
-    result.update(decoding_variants(args, model, vocab, device, num_tokens))
+    if source == args.model:
+        result.update(decoding_variants(args, model, vocab, device, num_tokens))
 
     # Editing's two guidance scales: at source scale != 1 each edit runs three rows (cond, uncond,
     # source-only); at source scale 1 (the default's evaluation) the unconditional row drops out.

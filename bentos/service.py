@@ -42,6 +42,9 @@ MAX_BATCH = int(os.environ.get("ARM_MAX_BATCH", "32"))  # 1 turns adaptive batch
 # Requests `ARM` works on at once; past it, 503 with Retry-After rather than an unbounded queue. One full
 # adaptive batch: a request beyond it would wait a whole forward anyway.
 MAX_CONCURRENCY = int(os.environ.get("ARM_MAX_CONCURRENCY", "32"))
+# ARM_COMPILE=1: decoding steps through torch.compile (docs/serving.md: faster steps, and each new batch
+# size compiles once, tens of seconds on a CPU, inside the first request that meets it).
+COMPILE = os.environ.get("ARM_COMPILE", "0") == "1"
 API_PATHS = frozenset({"/generate", "/edit", "/understand"})
 
 logger = logging.getLogger(__name__)
@@ -94,7 +97,7 @@ class ARMModel:
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         folder = Path(self.model_ref.path)
-        self.pipe = Pipeline.load(folder / "model", folder / "tokenizer", device=device, batch_size=64)
+        self.pipe = Pipeline.load(folder / "model", folder / "tokenizer", device=device, batch_size=64, compile=COMPILE)
         self.image_size = self.pipe.image_size
 
     @bentoml.api(batchable=True, max_batch_size=max(2, MAX_BATCH), max_latency_ms=300_000)
