@@ -98,3 +98,19 @@ def test_params_yaml_names_the_default_preset():
 
     root = CONFIGS[0].parents[1]
     assert yaml.safe_load((root / "params.yaml").read_text()) == {"config": "configs/default.yaml"}
+
+
+def test_sampling_takes_a_jacobi_window_in_range_and_old_sampling_files_load(tmp_path):
+    """`sampling.jacobi_window` is a number of draft codes (0 = off); a model saved before it existed
+    has no such key in its sampling.json and decodes one code per step."""
+    import json
+
+    from arm.model.saved import load_sampling
+
+    assert load_config("configs/default.yaml", ["sampling.jacobi_window=16"]).sampling.jacobi_window == 16
+    with pytest.raises(ValueError, match="jacobi_window must be in"):
+        load_config("configs/default.yaml", ["sampling.jacobi_window=-1"])
+    (tmp_path / "sampling.json").write_text(json.dumps({"generation_guidance": 2.0, "edit_guidance": 2.5,
+                                                        "edit_image_guidance": 1.0, "temperature": 0.5,
+                                                        "top_k": 0, "top_p": 1.0}))
+    assert load_sampling(tmp_path).jacobi_window == 0

@@ -35,8 +35,11 @@ def test_pipeline_runs_all_three_tasks_on_pixels_and_strings(pipe):
     assert images.shape == (2, 64, 64, 3) and images.dtype == np.uint8
     again = pipe.generate(["a red circle", "a small blue square at the top left"], seed=0)
     np.testing.assert_array_equal(images, again)  # seeded
-    # Image i draws with seed + i: the second image alone, at seed 1, is the same image.
-    np.testing.assert_array_equal(pipe.generate(["a small blue square at the top left"], seed=1)[0], images[1])
+    # Image i draws with seed + i: the second image alone, at seed 1, draws the same codes. (Compared as
+    # codes: the pixel decoder's convolutions round differently at batch 1 and 2, a level here and there.)
+    both = pipe.generate_codes(["a red circle", "a small blue square at the top left"], seed=0)
+    np.testing.assert_array_equal(pipe.generate_codes(["a small blue square at the top left"], seed=1)[0], both[1])
+    np.testing.assert_array_equal(pipe.decode_codes(both), images)
 
     edited = pipe.edit(images, ["make the circle blue", "remove the square"], seed=1)
     assert edited.shape == images.shape

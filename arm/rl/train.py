@@ -160,7 +160,7 @@ def rollout_sampling(sampling: SamplingConfig, changes: dict) -> SamplingConfig:
 
     >>> base = SamplingConfig(2.0, 2.5, 1.0, 0.5, 0, 1.0)
     >>> rollout_sampling(base, {"temperature": 1.0, "top_k": 16.0})
-    SamplingConfig(generation_guidance=2.0, edit_guidance=2.5, edit_image_guidance=1.0, temperature=1.0, top_k=16, top_p=1.0)
+    SamplingConfig(generation_guidance=2.0, edit_guidance=2.5, edit_image_guidance=1.0, temperature=1.0, top_k=16, top_p=1.0, jacobi_window=0)
     """
     changes = dict(changes)
     if "top_k" in changes:   # the config holds every change as a float
