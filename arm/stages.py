@@ -25,7 +25,23 @@ class Stage:
     def run(self, cfg, stop_at_step: int | None = None):
         module, function = self.entry.split(":")
         run = getattr(importlib.import_module(module), function)
-        return run(cfg, stop_at_step=stop_at_step) if self.resumable else run(cfg)
+        if not self.resumable:
+            return run(cfg)
+        announce_machine(self.name, cfg[self.name].get("accelerator", "cpu"))
+        return run(cfg, stop_at_step=stop_at_step)
+
+
+def announce_machine(name: str, accelerator: str) -> None:
+    """A training stage's first line: the machine measured (CPU model, vector units, matmul speed now),
+    so a slow machine or a busy hour is named in the log rather than guessed from the stage's minutes.
+    Once per job: a data-parallel job's other processes (RANK or LOCAL_RANK set, not 0) stay quiet."""
+    import os
+    import sys
+
+    from arm.machine import describe_machine
+
+    if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("RANK", "0") == "0":
+        print(f"{name}: on {describe_machine(accelerator)}", file=sys.stderr, flush=True)
 
 
 STAGES = (

@@ -22,7 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from reporting import cpu_description, report
+from reporting import report
+
+from arm.machine import cpu_description
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("prepare", "tokenizer", "encode", "pretrain", "rl", "evaluate")

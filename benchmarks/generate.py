@@ -22,7 +22,9 @@ import time
 from pathlib import Path
 
 import torch
-from reporting import cpu_description, report
+from reporting import report
+
+from arm.machine import cpu_description
 
 
 def _sync(device: torch.device) -> None:

@@ -90,8 +90,9 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "serve_overload.json"))
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))
-    from reporting import cpu_description, report
+    from reporting import report
 
+    from arm.machine import cpu_description
     from arm.serving import local_server
 
     result: dict = {"bento": args.bento, "machine": cpu_description(),  # measured before the server starts

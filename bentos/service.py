@@ -34,8 +34,8 @@ from annotated_types import Ge, Le
 from PIL import Image
 
 from arm.asgi import LimitBody, LimitConcurrency, RefusePickle
-from arm.serving import (MAX_REQUEST_BYTES, GenerationRequest, RequestError, check_edit, check_generation, check_text,
-                         check_tokens, check_upload_size, from_base64, generate_batch, read_image, to_png)
+from arm.serving import (MAX_REQUEST_BYTES, GenerationRequest, ModelThread, RequestError, check_edit, check_generation,
+                         check_text, check_tokens, check_upload_size, from_base64, generate_batch, read_image, to_png)
 
 MODEL_TAG = os.environ.get("ARM_MODEL_TAG", "arm-unified:latest")
 MAX_BATCH = int(os.environ.get("ARM_MAX_BATCH", "32"))  # 1 turns adaptive batching off (benchmarks/serve.py)
@@ -97,21 +97,33 @@ class ARMModel:
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         folder = Path(self.model_ref.path)
-        self.pipe = Pipeline.load(folder / "model", folder / "tokenizer", device=device, batch_size=64, compile=COMPILE)
+        # Loading and every forward on one thread (ModelThread: two threads' OpenMP teams on the same
+        # cores made a request 2.3x slower); the APIs are async and await it, so BentoML runs none of
+        # them on its own threads.
+        self.model_thread = ModelThread()
+        self.pipe = self.model_thread.call(Pipeline.load, folder / "model", folder / "tokenizer", device=device,
+                                           batch_size=64, compile=COMPILE)
         self.image_size = self.pipe.image_size
 
     @bentoml.api(batchable=True, max_batch_size=max(2, MAX_BATCH), max_latency_ms=300_000)
-    def generate_batch(self, requests: list[dict]) -> list[dict]:
+    async def generate_batch(self, requests: list[dict]) -> list[dict]:
         """Requests (GenerationRequest fields) -> per request {"images": [base64 PNG, ...]} or {"error": ...,
         "status": 400 or 500}: a request that fails its checks or breaks the forward fails alone."""
+        return await self.model_thread.run(self._generate_batch, requests)
+
+    def _generate_batch(self, requests: list[dict]) -> list[dict]:
         if MAX_BATCH == 1:  # batching off: one forward per request
             return [_outcome(generate_batch(self.pipe, [r])[0]) for r in requests]
         return [_outcome(result) for result in generate_batch(self.pipe, requests)]
 
     @bentoml.api
-    def edit_one(self, image_png: str, instruction: str, text_guidance: float | None, image_guidance: float | None,
-                 seed: int) -> str:
+    async def edit_one(self, image_png: str, instruction: str, text_guidance: float | None,
+                       image_guidance: float | None, seed: int) -> str:
         """None: the model's own guidance (its sampling.json)."""
+        return await self.model_thread.run(self._edit_one, image_png, instruction, text_guidance, image_guidance, seed)
+
+    def _edit_one(self, image_png: str, instruction: str, text_guidance: float | None, image_guidance: float | None,
+                  seed: int) -> str:
         try:
             instruction = check_edit(instruction, text_guidance, image_guidance, seed)
             check_tokens(self.pipe, instruction, "instruction", "edit")
@@ -123,7 +135,10 @@ class ARMModel:
         return _png_b64(edited[0])
 
     @bentoml.api
-    def understand_one(self, image_png: str, question: str) -> dict:
+    async def understand_one(self, image_png: str, question: str) -> dict:
+        return await self.model_thread.run(self._understand_one, image_png, question)
+
+    def _understand_one(self, image_png: str, question: str) -> dict:
         try:
             question = check_text(question, "question")
             check_tokens(self.pipe, question, "question", "understand")

@@ -307,6 +307,38 @@ def test_the_retry_catches_what_bentomls_client_raises_when_the_model_service_dr
     assert not connection_dropped(aiohttp.ServerTimeoutError("read timed out"))
 
 
+def test_the_model_thread_runs_every_call_on_one_thread_and_passes_errors_back():
+    """The model service loads and runs its model through one ModelThread: every call, sync or awaited,
+    lands on the same thread (one OpenMP team on a CPU), calls run one at a time in the order given, and a
+    call's exception reaches its caller (the service's 400s are raised there)."""
+    from arm.serving import ModelThread
+
+    worker = ModelThread()
+    loaded_on = worker.call(threading.get_ident)
+    running, overlapped, order = [0], [False], []
+
+    def work(k: int) -> int:
+        running[0] += 1
+        overlapped[0] |= running[0] > 1
+        time.sleep(0.01)
+        order.append(k)
+        running[0] -= 1
+        return threading.get_ident()
+
+    def refuse():
+        raise RequestError("prompt is empty; give a non-empty prompt")
+
+    async def many():
+        idents = await asyncio.gather(*(worker.run(work, k) for k in range(8)))
+        with pytest.raises(RequestError, match="non-empty prompt"):
+            await worker.run(refuse)
+        return idents
+
+    idents = asyncio.run(many())
+    assert set(idents) == {loaded_on} and loaded_on != threading.get_ident()
+    assert not overlapped[0] and order == list(range(8))
+
+
 # --- the model's side: tokens and batches -----------------------------------------------------------------
 
 

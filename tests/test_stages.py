@@ -51,3 +51,26 @@ def test_every_stage_entry_point_resolves_and_every_stage_section_is_a_stage():
     assert sections <= set(NAMES), sections - set(NAMES)  # encode alone has no settings of its own
     with pytest.raises(ValueError, match="unknown stage 'train'"):
         by_name("train")
+
+
+def test_a_training_stage_names_its_machine_once_per_job(capsys, monkeypatch):
+    """Training stages start with the machine measured (CPU model, vector units, fp32 matmul speed now);
+    in a data-parallel job only rank 0 prints it, and measuring leaves the seeded random state alone."""
+    import re
+
+    import torch
+
+    from arm.stages import announce_machine
+
+    for name in ("RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    torch.manual_seed(0)
+    announce_machine("pretrain", "cpu")
+    drawn = torch.rand(3)
+    line = capsys.readouterr().err
+    assert re.fullmatch(r"pretrain: on .+, \d+ cores, .+, fp32 matmul \d+ GFLOP/s\n", line), line
+    torch.manual_seed(0)
+    assert torch.equal(drawn, torch.rand(3))
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    announce_machine("pretrain", "cpu")
+    assert capsys.readouterr().err == ""
