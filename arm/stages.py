@@ -27,7 +27,7 @@ class Stage:
         run = getattr(importlib.import_module(module), function)
         if not self.resumable:
             return run(cfg)
-        announce_machine(self.name, cfg[self.name].get("accelerator", "cpu"))
+        announce_machine(self.name, getattr(getattr(cfg, self.name), "accelerator", "cpu"))
         return run(cfg, stop_at_step=stop_at_step)
 
 

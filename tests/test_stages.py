@@ -74,3 +74,18 @@ def test_a_training_stage_names_its_machine_once_per_job(capsys, monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "1")
     announce_machine("pretrain", "cpu")
     assert capsys.readouterr().err == ""
+
+
+def _record_call(cfg, stop_at_step=None):
+    return cfg.pretrain.accelerator, stop_at_step
+
+
+def test_running_a_training_stage_announces_the_machine_from_its_config_section(capsys, monkeypatch):
+    from arm.config import load_config
+    from arm.stages import Stage
+
+    for name in ("RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    stage = Stage("pretrain", "", "tests.test_stages:_record_call", resumable=True)
+    assert stage.run(load_config("configs/default.yaml"), stop_at_step=3) == ("auto", 3)
+    assert capsys.readouterr().err.startswith("pretrain: on ")
