@@ -34,13 +34,15 @@ class Stage:
 def announce_machine(name: str, accelerator: str) -> None:
     """A training stage's first line: the machine measured (CPU model, vector units, matmul speed now),
     so a slow machine or a busy hour is named in the log rather than guessed from the stage's minutes.
-    Once per job: a data-parallel job's other processes (RANK or LOCAL_RANK set, not 0) stay quiet."""
-    import os
+    Once per job: Lightning's rank-zero rule (the rank from RANK, LOCAL_RANK, SLURM_PROCID... as each
+    process starts) keeps a data-parallel job's other processes quiet."""
     import sys
+
+    from lightning.pytorch.utilities import rank_zero_only
 
     from arm.machine import describe_machine
 
-    if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("RANK", "0") == "0":
+    if rank_zero_only.rank == 0:
         print(f"{name}: on {describe_machine(accelerator)}", file=sys.stderr, flush=True)
 
 

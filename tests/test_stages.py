@@ -59,11 +59,11 @@ def test_a_training_stage_names_its_machine_once_per_job(capsys, monkeypatch):
     import re
 
     import torch
+    from lightning.pytorch.utilities import rank_zero_only
 
     from arm.stages import announce_machine
 
-    for name in ("RANK", "LOCAL_RANK"):
-        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(rank_zero_only, "rank", 0)
     torch.manual_seed(0)
     announce_machine("pretrain", "cpu")
     drawn = torch.rand(3)
@@ -71,7 +71,7 @@ def test_a_training_stage_names_its_machine_once_per_job(capsys, monkeypatch):
     assert re.fullmatch(r"pretrain: on .+, \d+ cores, .+, fp32 matmul \d+ GFLOP/s\n", line), line
     torch.manual_seed(0)
     assert torch.equal(drawn, torch.rand(3))
-    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(rank_zero_only, "rank", 1)   # what LOCAL_RANK=1 gives a process Lightning starts
     announce_machine("pretrain", "cpu")
     assert capsys.readouterr().err == ""
 
@@ -81,11 +81,12 @@ def _record_call(cfg, stop_at_step=None):
 
 
 def test_running_a_training_stage_announces_the_machine_from_its_config_section(capsys, monkeypatch):
+    from lightning.pytorch.utilities import rank_zero_only
+
     from arm.config import load_config
     from arm.stages import Stage
 
-    for name in ("RANK", "LOCAL_RANK"):
-        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(rank_zero_only, "rank", 0)
     stage = Stage("pretrain", "", "tests.test_stages:_record_call", resumable=True)
     assert stage.run(load_config("configs/default.yaml"), stop_at_step=3) == ("auto", 3)
     assert capsys.readouterr().err.startswith("pretrain: on ")
