@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from arm.model.decoding import SLOT_BUCKET, StaticDecoder, supports
+from arm.model.decoding import SLOT_BUCKET, StaticDecoder, compile_step, forget_from, supports
 from arm.model.positions import ImagePositions, model_positions, source_grid
 from arm.model.vocab import EOS, Vocab
 
@@ -59,23 +59,92 @@ def sample(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator 
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
 
 
-def sampling_probs(logits: torch.Tensor, samplings: list[Sampling]) -> torch.Tensor:
-    """(B, ..., K) logits -> (B, ..., K) the distribution row b samples from under `samplings[b]`:
-    temperature, top-k and top-p applied and normalised; a greedy row (temperature ~ 0) one-hot at its
-    argmax. Rows that share their settings are computed as one batch."""
-    out = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
-    groups: dict[tuple, list[int]] = {}
-    for row, s in enumerate(samplings):
-        groups.setdefault((s.temperature, s.top_k, s.top_p), []).append(row)
-    for (temperature, top_k, top_p), rows in groups.items():
-        index = slice(None) if len(rows) == len(samplings) else torch.tensor(rows, device=logits.device)
-        x = logits[index].float()
-        if temperature < GREEDY_BELOW:
-            probs = torch.zeros_like(x).scatter_(-1, x.argmax(-1, keepdim=True), 1.0)
-        else:
-            probs = filter_logits(x / temperature, top_k, top_p).softmax(-1)
-        out[index] = probs
-    return out
+@dataclass
+class RowSampling:
+    """Each row's sampling settings as (B, 1) tensors, so one batch of rows with different temperatures,
+    top-k and top-p turns its logits into distributions in a few tensor ops (`row_probs`), inside a
+    compiled decoding step too. `any_top_k` / `any_top_p`: whether any row filters at all (they skip
+    the sorts when none does)."""
+
+    temperature: torch.Tensor   # (B, 1) float32
+    top_k: torch.Tensor         # (B, 1) long, 0 = off
+    top_p: torch.Tensor         # (B, 1) float32, 1 = off
+    any_top_k: bool
+    any_top_p: bool
+
+    @classmethod
+    def of(cls, samplings: list[Sampling], device: torch.device, codebook: int) -> "RowSampling":
+        top_k = [s.top_k if 0 < s.top_k < codebook else 0 for s in samplings]
+        return cls(torch.tensor([[s.temperature] for s in samplings], dtype=torch.float32, device=device),
+                   torch.tensor([[k] for k in top_k], dtype=torch.long, device=device),
+                   torch.tensor([[s.top_p] for s in samplings], dtype=torch.float32, device=device),
+                   any(top_k), any(s.top_p < 1.0 for s in samplings))
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.temperature, self.top_k, self.top_p
+
+
+def row_probs(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+              any_top_k: bool = True, any_top_p: bool = True) -> torch.Tensor:
+    """(B, ..., K) logits -> (B, ..., K) the distribution row b samples from: its temperature, top-k and
+    top-p ((B, 1) each, `RowSampling`) applied and normalised; a greedy row (temperature ~ 0) one-hot at
+    its argmax. Row by row the same as `filter_logits` and a softmax at that row's settings.
+
+    >>> logits = torch.tensor([[2.0, 1.0, 0.0], [2.0, 1.0, 0.0]])
+    >>> row_probs(logits, torch.tensor([[0.0], [1.0]]), torch.tensor([[0], [2]]), torch.tensor([[1.0], [1.0]])).round(decimals=3).tolist()
+    [[1.0, 0.0, 0.0], [0.731, 0.269, 0.0]]
+    """
+    x = logits.float()
+    per_row = (x.shape[0],) + (1,) * (x.dim() - 1)      # (B, 1, ..., 1): broadcasts over steps and codes
+    temperature, top_k, top_p = temperature.view(per_row), top_k.view(per_row), top_p.view(per_row)
+    greedy = temperature < GREEDY_BELOW
+    scaled = x / torch.where(greedy, torch.ones_like(temperature), temperature)
+    if any_top_k or any_top_p:
+        ranked, order = torch.sort(scaled, dim=-1, descending=True)
+        if any_top_k:   # keep logits >= the k-th largest (row k = 0: all)
+            k = torch.where(top_k > 0, top_k, x.shape[-1])
+            kth = ranked.gather(-1, (k - 1).expand(*x.shape[:-1], 1))
+            scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+            ranked = ranked.masked_fill(ranked < kth, float("-inf"))
+        if any_top_p:   # drop a token when the mass before it already reaches top_p (the first always stays)
+            mass = ranked.softmax(-1)
+            drop = (mass.cumsum(-1) - mass >= top_p) & (top_p < 1.0)
+            scaled = scaled.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), float("-inf"))
+    probs = scaled.softmax(-1)
+    argmax = torch.zeros_like(probs).scatter_(-1, x.argmax(-1, keepdim=True), 1.0)
+    return torch.where(greedy, argmax, probs)
+
+
+def guidance_mix(all_logits: torch.Tensor, images: int, lo: int, hi: int, guided: bool, three_rows: bool,
+                 text_scale: torch.Tensor, image_scale: torch.Tensor, plain: torch.Tensor) -> torch.Tensor:
+    """(copies x B, [T,] V) logits of every row -> (B, [T,] K): the image logits each image samples from,
+    its rows mixed by classifier-free guidance (conditional first, then unconditional, then source-only).
+    Scales and `plain` (rows at scale 1, exactly conditional) are (B, 1) or (1, 1)."""
+    image_logits = all_logits[..., lo:hi].float()  # constrained: only image ids inside the span
+    c = image_logits[:images]
+    if not guided:
+        return c
+    shape = (images,) + (1,) * (image_logits.dim() - 1)
+    ts, is_, unguided = (x.expand(images, 1).reshape(shape) for x in (text_scale, image_scale, plain))
+    u = image_logits[images:2 * images]
+    if three_rows:
+        src = image_logits[2 * images:3 * images]
+        # A row at source scale 1 mixes exactly as it would alone, in the two-row batch.
+        mixed = torch.where(is_ == 1.0, src + ts * (c - src), u + is_ * (src - u) + ts * (c - src))
+    else:
+        mixed = u + ts * (c - u)
+    # Rows at scale 1 are exactly conditional (u + 1 * (c - u) can round differently from c).
+    return torch.where(unguided, c, mixed)
+
+
+def image_probs(all_logits: torch.Tensor, mix: tuple, sampler: tuple) -> torch.Tensor:
+    """(copies x B, [T,] V) logits -> (B, [T,] K) what each image samples: `guidance_mix`, then `row_probs`.
+    mix: (images, lo, hi, guided, three_rows); sampler: (text_scale, image_scale, plain, temperature,
+    top_k, top_p, any_top_k, any_top_p), as `Engine.generate_images` builds them."""
+    images, lo, hi, guided, three_rows = mix
+    text_scale, image_scale, plain, temperature, top_k, top_p, any_top_k, any_top_p = sampler
+    mixed = guidance_mix(all_logits, images, lo, hi, guided, three_rows, text_scale, image_scale, plain)
+    return row_probs(mixed, temperature, top_k, top_p, any_top_k, any_top_p)
 
 
 def draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -149,6 +218,11 @@ class Engine:
         self.source_embedding = self.image_positions and self.positions.source_embedding
         self.cache_argument = cache_argument(model)
         self.decoder = StaticDecoder(model, compile=compile) if static_cache and supports(model) else None
+        # An image-decoding step as one function of tensors; compiled whole with the decoder's steps.
+        self._plain_step_run, self._jacobi_step_run = self._plain_step, self._jacobi_step
+        if self.decoder is not None and self.decoder.compiled:
+            self._plain_step_run = compile_step(self._plain_step)
+            self._jacobi_step_run = compile_step(self._jacobi_step)
 
     def embed(self, ids: torch.Tensor, image_cells: torch.Tensor | None = None,
               source_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -206,27 +280,6 @@ class Engine:
 
     # --- images -------------------------------------------------------------------------------------
 
-    def advance(self, tokens: torch.Tensor, cells: torch.Tensor, state: dict) -> torch.Tensor:
-        """Append T image tokens to every row, row b's at its own next slot: tokens (B, T) ids, cells (B, T)
-        their index in the image span. -> (B, T, V) logits, the distribution after each. Needs the static
-        decoder (rows may stand at different lengths); the caller then keeps what it accepts
-        (`keep`)."""
-        t = tokens.shape[1]
-        extra = {"image_cells": cells} if self.image_positions else {}
-        if self.source_embedding:  # the source's token for the cell each token predicts next
-            grid = state["source_grid"]
-            extra["source_ids"] = grid.gather(1, (cells + 1).clamp(max=grid.shape[1] - 1))
-        positions = state["next_position"][:, None] + torch.arange(t, device=tokens.device)
-        state["lengths_before"] = state["cache"].lengths
-        return self.decoder.forward(tokens, positions, state["cache"], image_cells=extra.get("image_cells"),
-                                    source_ids=extra.get("source_ids")).float()
-
-    @staticmethod
-    def keep(state: dict, kept: torch.Tensor) -> None:
-        """After `advance`, keep the first `kept[b]` (B,) of the tokens row b was given; forget the rest."""
-        state["cache"].truncate(state["lengths_before"] + kept)
-        state["next_position"] = state["next_position"] + kept
-
     @torch.no_grad()
     def generate_images(self, cond: list[list[int]], num_tokens: int, *, uncond: list[list[int]] | None = None,
                         guidance_scale: float | list[float] = 1.0, source_only: list[list[int]] | None = None,
@@ -244,7 +297,11 @@ class Engine:
         speculative sampling's test (draft x from q is kept with probability min(1, p(x) / q(x)); the first
         refused is redrawn from max(0, p - q)) and drafts the next cells from the distributions this step
         computed. What it samples has the distribution of plain decoding; it only takes fewer steps.
-        Needs the static decoder; with the library's forward the window is 0."""
+        Needs the static decoder; with the library's forward the window is 0.
+
+        With the static decoder a whole step (forward, guidance, sampling, Jacobi's test and the cache's
+        rollback) is one function of tensors (`_plain_step`, `_jacobi_step`); with `compile=True` it
+        runs as one compiled graph, so a step costs no Python between its kernels."""
         b = len(cond)
         samplings = sampling if isinstance(sampling, list) else [sampling or Sampling()] * b
         text_scale, image_scale = _row_scales(guidance_scale, b), _row_scales(image_guidance_scale, b)
@@ -263,78 +320,117 @@ class Engine:
         device = logits.device
         text_scale, image_scale = text_scale.to(device), image_scale.to(device)
         unguided_rows = (text_scale == 1.0) & ((image_scale == 1.0) if source_only is not None else True)
-
-        def distribution(all_logits: torch.Tensor) -> torch.Tensor:
-            """(copies * B, [T,] V) logits -> (B, [T,] K): the guided mix of image logits, as each row samples it."""
-            image_logits = all_logits[..., lo:hi]  # constrained: only image ids inside the span
-            shape = (b,) + (1,) * (image_logits.dim() - 1)
-            ts, is_, plain = (x.expand(b, 1).reshape(shape) for x in (text_scale, image_scale, unguided_rows))
-            c = image_logits[:b]
-            if not guided:
-                return sampling_probs(c, samplings)
-            u = image_logits[b:2 * b]
-            if source_only is not None:
-                src = image_logits[2 * b:3 * b]
-                # A row at source scale 1 mixes exactly as it would alone, in the two-row batch above.
-                mixed = torch.where(is_ == 1.0, src + ts * (c - src), u + is_ * (src - u) + ts * (c - src))
-            else:
-                mixed = u + ts * (c - u)
-            # Rows at scale 1 are exactly conditional (u + 1 * (c - u) can round differently from c).
-            return sampling_probs(torch.where(plain, c, mixed), samplings)
+        rules = RowSampling.of(samplings, device, k_codes)
+        # What a step needs besides its state: Python constants (part of a compiled graph's key) and tensors.
+        mix = (b, lo, hi, guided, source_only is not None)
+        sampler = (text_scale, image_scale, unguided_rows, *rules.tensors(), rules.any_top_k, rules.any_top_p)
 
         # Random numbers per step: [0] draws the committed code, [1 : 1 + window] test the drafts,
         # [1 + window :] draw the next drafts. A step commits at least one code, so n steps suffice.
         uniforms = row_uniforms(sampling if isinstance(sampling, list) else samplings[0], b, n, 1 + 2 * window, device)
-        codes = torch.zeros(b, n, dtype=torch.long, device=device)
-        codes[:, 0] = draw(distribution(logits), uniforms[:, 0, 0])
+        codes = torch.zeros(b, n + 1, dtype=torch.long, device=device)   # column n: scratch for uncommitted writes
+        codes[:, 0] = draw(image_probs(logits, mix, sampler), uniforms[:, 0, 0])
+        self.decode_steps = n - 1   # forward steps after the prefill (for benchmarks)
+        if self.decoder is None:    # the library's forward and its DynamicCache: one code per step
+            for cell in range(1, n):
+                token = (codes[:, cell - 1] + lo).repeat(copies)
+                step_logits = self.step(token, state, image_cell=cell - 1)
+                codes[:, cell] = draw(image_probs(step_logits, mix, sampler), uniforms[:, cell, 0])
+            return codes[:, :n].cpu()
+        cache = state["cache"]
+        grid = state.get("source_grid")
+        tensors = (cache.keys, cache.values, cache.real, grid, self.decoder.packed())
+        position, length = state["next_position"], cache.lengths
+        if not window:  # one code per step, every row in step: nothing to test, nothing to roll back
+            cells = torch.arange(n, device=device)
+            for cell in range(1, n):
+                codes[:, cell] = self._plain_step_run(codes[:, cell - 1], cells[cell - 1], position, length, tensors,
+                                                      uniforms[:, cell, 0], mix, sampler)
+            return codes[:, :n].cpu()
         done = torch.ones(b, dtype=torch.long, device=device)          # (B,) codes committed per image
         drafts = (uniforms[:, 0, 1 + window:] * k_codes).long().clamp(max=k_codes - 1)     # (B, window)
         draft_probs = torch.full((b, window, k_codes), 1.0 / k_codes, device=device)        # q of each draft
-        offsets = torch.arange(window + 1, device=device)
-        batch = torch.arange(b, device=device)
-        self.decode_steps = n - 1   # forward steps after the prefill (for benchmarks)
-        if not window:  # one code per step, every row in step: nothing to test, nothing to roll back
-            for cell in range(1, n):
-                token = (codes[:, cell - 1] + lo).repeat(copies)
-                codes[:, cell] = draw(distribution(self.step(token, state, image_cell=cell - 1)), uniforms[:, cell, 0])
-            return codes.cpu()
         self.decode_steps = 0
         for step in range(1, n):
-            active = done < n
-            if not bool(active.any()):
+            if not bool((done < n).any()):
                 break
             self.decode_steps += 1
-            last = codes.gather(1, (done - 1).clamp(max=n - 1)[:, None])                      # (B, 1)
-            tokens = torch.cat([last, drafts], dim=1)                                         # (B, 1 + window)
-            cells = (done - 1)[:, None] + offsets
-            probs = distribution(self.advance((tokens + lo).repeat(copies, 1), cells.repeat(copies, 1), state))
-            u = uniforms[:, step]                                                             # (B, 1 + 2 window)
-            # probs[:, j]: the distribution of cell done + j, given everything before it in this step's input.
-            p_draft = probs[:, :window].gather(-1, drafts[..., None]).squeeze(-1)          # (B, window)
-            q_draft = draft_probs.gather(-1, drafts[..., None]).squeeze(-1)
-            in_image = (done[:, None] + offsets[:window]) < n
-            passed = (u[:, 1:1 + window] * q_draft < p_draft) & in_image
-            accepted = passed.long().cumprod(1).sum(1)                                    # (B,) leading drafts kept
-            p_next = probs[batch, accepted]                                               # (B, K) at cell done + accepted
-            q_next = draft_probs[batch, accepted.clamp(max=window - 1)]
-            residual = (p_next - q_next).clamp(min=0)
-            redraw = (accepted < window) & (residual.sum(-1) > 0)
-            chosen = draw(torch.where(redraw[:, None], residual, p_next), u[:, 0])
-            # Commit the accepted drafts and the drawn code at cells done .. done + accepted (inside the image).
-            candidates = torch.cat([drafts, chosen[:, None]], dim=1).scatter(1, accepted[:, None], chosen[:, None])
-            commit = torch.where(active, torch.minimum(accepted + 1, n - done), torch.zeros_like(done))
-            take = offsets[None, :] < commit[:, None]                                          # (B, 1 + window)
-            columns = (done[:, None] + offsets).clamp(max=n - 1)
-            codes[batch[:, None].expand_as(take)[take], columns[take]] = candidates[take]
-            self.keep(state, commit.repeat(copies))   # the cache keeps the fed code and the committed drafts
-            done = done + commit
-            # Draft cells done .. done + window - 1 from this step's distributions where it has them.
-            ahead = commit[:, None] + offsets[:window]                                         # index into probs
-            known = (ahead <= window)[..., None]
-            draft_probs = torch.where(known, probs.gather(1, ahead.clamp(max=window)[..., None].expand(-1, -1, k_codes)),
-                                      torch.full_like(draft_probs, 1.0 / k_codes))
-            drafts = draw(draft_probs, u[:, 1 + window:])
-        return codes.cpu()
+            codes, done, drafts, draft_probs, position, length = self._jacobi_step_run(
+                codes, done, drafts, draft_probs, uniforms[:, step], position, length, tensors, mix, sampler)
+        return codes[:, :n].cpu()
+
+    def _image_logits(self, codes: torch.Tensor, cells: torch.Tensor, position: torch.Tensor, length: torch.Tensor,
+                      tensors: tuple, copies: int, lo: int) -> torch.Tensor:
+        """Feed image codes (B, T) at cells (B, T) to every row (each image's `copies` rows alike), from each
+        row's next position and cache slot -> (copies x B, T, V) logits. The cache is written in place."""
+        keys, values, cache_real, grid, packed = tensors
+        t = codes.shape[1]
+        offsets = torch.arange(t, device=codes.device)
+        cells = cells.repeat(copies, 1)
+        image_cells = cells if self.image_positions else None
+        # The source's token for the cell each token predicts next (editing models with a source embedding).
+        source_ids = grid.gather(1, (cells + 1).clamp(max=grid.shape[1] - 1)) if self.source_embedding else None
+        tokens = (codes + lo).repeat(copies, 1)
+        real = torch.ones_like(tokens, dtype=torch.bool)
+        return self.decoder._forward(tokens, position[:, None] + offsets, real, keys, values, cache_real,
+                                     length, False, image_cells, source_ids, packed)
+
+    def _plain_step(self, previous: torch.Tensor, cell: torch.Tensor, start_position: torch.Tensor,
+                    start_length: torch.Tensor, tensors: tuple, u: torch.Tensor, mix: tuple, sampler: tuple) -> torch.Tensor:
+        """One plain decoding step: feed each image's previous code (B,) at `cell` (a 0-dim index; the
+        rows stand at their prefill position and length + cell) and draw the next codes with uniforms
+        u (B,) -> (B,)."""
+        b, lo = mix[0], mix[1]
+        copies = start_position.shape[0] // b
+        cells = cell.expand(b, 1)
+        logits = self._image_logits(previous[:, None], cells, start_position + cell, start_length + cell, tensors,
+                                    copies, lo)
+        return draw(image_probs(logits[:, -1], mix, sampler), u)
+
+    def _jacobi_step(self, codes, done, drafts, draft_probs, u, position, length, tensors: tuple, mix: tuple,
+                     sampler: tuple):
+        """One step of speculative Jacobi decoding (see `generate_images`). codes (B, n + 1) with a scratch
+        column, done (B,) codes committed, drafts (B, W) and their distributions draft_probs (B, W, K),
+        uniforms u (B, 1 + 2W), each row's next position and cache length (copies x B,) -> the same,
+        updated; rejected drafts are forgotten by the cache (its `real` slots, in place)."""
+        b, lo = mix[0], mix[1]
+        n, window, k_codes = codes.shape[1] - 1, drafts.shape[1], draft_probs.shape[2]
+        copies = position.shape[0] // b
+        offsets = torch.arange(window + 1, device=codes.device)
+        batch = torch.arange(b, device=codes.device)
+        active = done < n
+        last = codes.gather(1, (done - 1).clamp(max=n - 1)[:, None])                          # (B, 1)
+        tokens = torch.cat([last, drafts], dim=1)                                             # (B, 1 + W)
+        logits = self._image_logits(tokens, (done - 1)[:, None] + offsets, position, length, tensors, copies, lo)
+        probs = image_probs(logits, mix, sampler)                                             # (B, 1 + W, K)
+        # probs[:, j]: the distribution of cell done + j, given everything before it in this step's input.
+        p_draft = probs[:, :window].gather(-1, drafts[..., None]).squeeze(-1)                # (B, W)
+        q_draft = draft_probs.gather(-1, drafts[..., None]).squeeze(-1)
+        in_image = (done[:, None] + offsets[:window]) < n
+        passed = (u[:, 1:1 + window] * q_draft < p_draft) & in_image
+        accepted = passed.long().cumprod(1).sum(1)                                        # (B,) leading drafts kept
+        p_next = probs[batch, accepted]                                                   # (B, K) at cell done + accepted
+        q_next = draft_probs[batch, accepted.clamp(max=window - 1)]
+        residual = (p_next - q_next).clamp(min=0)
+        redraw = (accepted < window) & (residual.sum(-1) > 0)
+        chosen = draw(torch.where(redraw[:, None], residual, p_next), u[:, 0])
+        # Commit the accepted drafts and the drawn code at cells done .. done + accepted (inside the image);
+        # what is not committed goes to the scratch column n.
+        candidates = torch.cat([drafts, chosen[:, None]], dim=1).scatter(1, accepted[:, None], chosen[:, None])
+        commit = torch.where(active, torch.minimum(accepted + 1, n - done), torch.zeros_like(done))
+        columns = torch.where(offsets[None, :] < commit[:, None], done[:, None] + offsets, n)
+        codes = codes.scatter(1, columns, candidates)
+        # The cache keeps the fed code and the committed drafts, and forgets the rest.
+        length = length + commit.repeat(copies)
+        forget_from(tensors[2], length)
+        position = position + commit.repeat(copies)
+        # Draft cells done .. done + W - 1 from this step's distributions where it has them.
+        ahead = commit[:, None] + offsets[:window]                                             # index into probs
+        known = (ahead <= window)[..., None]
+        draft_probs = torch.where(known, probs.gather(1, ahead.clamp(max=window)[..., None].expand(-1, -1, k_codes)),
+                                  torch.full_like(draft_probs, 1.0 / k_codes))
+        drafts = draw(draft_probs, u[:, 1 + window:])
+        return codes, done + commit, drafts, draft_probs, position, length
 
     # --- text -----------------------------------------------------------------------------------------
 

@@ -138,9 +138,8 @@ def decoding_variants(args, model, vocab, device, num_tokens: int) -> dict:
     peak = matmul_flops(device, torch.float32)
     out.update({"flops_per_token": flops, "arithmetic_ms_per_token_at_matmul_speed": 1e3 * flops / peak,
                 "matmul_flops_per_s_decode_run": peak})
-    if args.score_records:  # compiled steps draw what the eager ones do (tests/test_decoding.py): not rescored
-        out.update(decoder_scores(pipe, own, data, {k: v[:2] for k, v in variants.items() if not v[2]},
-                                  args.score_records))
+    if args.score_records:  # compiled steps sample inside the graph too: every variant is scored
+        out.update(decoder_scores(pipe, own, data, variants, args.score_records))
     return out
 
 
@@ -155,8 +154,8 @@ def decoder_scores(pipe, own, data, variants: dict, records: int) -> dict:
     from arm.generate import Engine
 
     scored: dict[str, dict[str, dict]] = {}
-    for name, (static, window) in variants.items():
-        pipe.engine = Engine(pipe.model, pipe.vocab, static_cache=static)
+    for name, (static, window, compile) in variants.items():
+        pipe.engine = Engine(pipe.model, pipe.vocab, static_cache=static, compile=compile)
         settings = EvalSettings(limit=records, samples_per_prompt=1, seed=0,
                                 sampling=dataclasses.replace(own, jacobi_window=window))
         samples = Samples()

@@ -94,6 +94,31 @@ def test_rows_advance_by_different_counts_and_roll_back():
         torch.testing.assert_close(logits[row], reference, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_packed_projections_follow_the_weights_they_copy(arch):
+    """The stacked q/k/v and gate/up copies give the unstacked logits, and after an in-place update of a
+    weight (an optimiser step between RL rollouts) and a reloaded state dict they are rebuilt: the
+    decoder's logits stay the library's."""
+    model, vocab = tiny_model(arch)
+    decoder = StaticDecoder(model)
+    assert decoder.pack
+    ids = torch.tensor([[5, 6, 7, 8]])
+
+    def logits(packed: bool) -> torch.Tensor:
+        decoder.pack = packed
+        cache = decoder.new_cache(batch=1, slots=8)
+        return decoder.forward(model.get_input_embeddings()(ids), torch.arange(4)[None], cache)
+
+    torch.testing.assert_close(logits(True), logits(False), atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        model.base_model.layers[0].self_attn.k_proj.weight.mul_(2.0)
+        model.base_model.layers[1].mlp.up_proj.weight.add_(0.1)
+    torch.testing.assert_close(logits(True), model(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
+    state = {k: v * 0.5 if k.endswith("v_proj.weight") else v for k, v in model.state_dict().items()}
+    model.load_state_dict(state)
+    torch.testing.assert_close(logits(True), model(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
+
+
 def test_unsupported_models_keep_the_library_forward():
     model, vocab = tiny_model("qwen2")
     model.config.layer_types = ["sliding_attention"] * 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from arm.generate import Engine, Sampling, filter_logits, left_pad
+from arm.generate import Engine, RowSampling, Sampling, filter_logits, left_pad, row_probs
 from arm.model.backbone import build_causal_lm
 from arm.model.vocab import Vocab
 from arm.text_tokenizer import SPECIAL_TOKENS
@@ -169,6 +169,26 @@ def test_top_k_and_top_p_filtering():
     # softmax of [3, 2, 1, 0] = [0.64, 0.24, 0.09, 0.03]: top_p 0.7 keeps the first two.
     assert torch.isinf(filter_logits(logits, top_p=0.7)).tolist() == [[False, False, True, True]]
     assert torch.isinf(filter_logits(logits, top_p=0.5)).tolist() == [[False, True, True, True]]
+
+
+
+def test_row_probs_apply_each_rows_own_settings():
+    """A batch whose rows differ in temperature, top-k and top-p (the service batches unrelated requests):
+    each row's distribution is `filter_logits` and a softmax at its own settings, for (B, K) and for the
+    (B, T, K) logits of a Jacobi step; a greedy row is one-hot at its argmax."""
+    torch.manual_seed(0)
+    settings = [Sampling(1.0), Sampling(0.5, top_k=3), Sampling(0.7, top_p=0.6), Sampling(2.0, top_k=5, top_p=0.9),
+                Sampling(0.0), Sampling(1.0, top_k=CODES)]
+    rules = RowSampling.of(settings, torch.device("cpu"), CODES)
+    for logits in (torch.randn(len(settings), CODES) * 3, torch.randn(len(settings), 4, CODES) * 3):
+        probs = row_probs(logits, *rules.tensors(), rules.any_top_k, rules.any_top_p)
+        for row, s in enumerate(settings):
+            if s.temperature == 0.0:
+                expected = torch.nn.functional.one_hot(logits[row].argmax(-1), CODES).float()
+            else:
+                expected = filter_logits(logits[row] / s.temperature, s.top_k, s.top_p).softmax(-1)
+            torch.testing.assert_close(probs[row], expected, rtol=0, atol=1e-6)
+        assert not bool(probs[:, ..., :].isnan().any())
 
 
 @pytest.mark.parametrize("window", [0, 4], ids=["plain", "jacobi"])

@@ -65,6 +65,42 @@ def supports(model) -> bool:
     return unsupported_reason(model) is None
 
 
+PACK_AT_MOST_BYTES = 256 * 2**20   # stack projections (`StaticDecoder.packed`) while the copies stay this small
+
+
+def _packable(layer) -> list[torch.Tensor]:
+    """The parameters `_pack_layer` stacks: q, k, v, gate and up projections' weights and biases."""
+    projections = (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.mlp.gate_proj,
+                   layer.mlp.up_proj)
+    return [p for m in projections for p in (m.weight, m.bias) if p is not None]
+
+
+def _stack(*linears) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One (sum of outputs, in) weight and its bias (None when none of them has one) for several linears."""
+    weight = torch.cat([m.weight for m in linears], dim=0)
+    if all(m.bias is None for m in linears):
+        return weight, None
+    return weight, torch.cat([m.bias if m.bias is not None else m.weight.new_zeros(m.weight.shape[0]) for m in linears])
+
+
+def _pack_layer(layer) -> tuple:
+    attention, mlp = layer.self_attn, layer.mlp
+    return (*_stack(attention.q_proj, attention.k_proj, attention.v_proj), *_stack(mlp.gate_proj, mlp.up_proj))
+
+
+def compile_step(fn):
+    """`fn` through torch.compile as a decoding step: static shapes (dynamic ones compiled to slower code on
+    the CPU, docs/model.md, Decoding), so each batch size and cache size compiles once, and the C++ wrapper,
+    which calls the kernels without a Python frame each (0.56 against 0.74 ms a step for the default
+    model at batch 1; eager: 1.50)."""
+    import torch._dynamo
+
+    # Every (batch, tokens per step, cache size) is its own graph; the default limit of 8 would fall back
+    # to eager, silently, for the 9th shape a service meets.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    return torch.compile(fn, dynamic=False, options={"cpp_wrapper": True})
+
+
 @dataclass
 class KVCache:
     """keys, values: one (B, H_kv, slots, head_dim) tensor per layer; `real` (B, slots): the slot holds a
@@ -82,17 +118,14 @@ class KVCache:
 
     def truncate(self, lengths: torch.Tensor) -> None:
         """Forget every slot at or past `lengths` (B,) (rejected speculative tokens); they are rewritten later."""
-        slot = torch.arange(self.slots, device=self.real.device)
-        self.real &= slot[None, :] < lengths[:, None]
+        forget_from(self.real, lengths)
         self.lengths = lengths.clone()
         self.longest = int(lengths.max())
 
-    def select(self, rows: torch.Tensor) -> None:
-        """Keep only `rows` (indices) of the batch, in that order."""
-        self.keys = [k[rows] for k in self.keys]
-        self.values = [v[rows] for v in self.values]
-        self.real, self.lengths = self.real[rows], self.lengths[rows]
-        self.longest = int(self.lengths.max()) if len(rows) else 0
+
+def forget_from(real: torch.Tensor, lengths: torch.Tensor) -> None:
+    """In place: the slots of `real` (B, slots) at or past each row's `lengths` (B,) hold no token."""
+    real &= torch.arange(real.shape[1], device=real.device)[None, :] < lengths[:, None]
 
 
 class StaticDecoder:
@@ -112,22 +145,18 @@ class StaticDecoder:
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
         self.scaling = attention.scaling
+        self.qkv_widths = [self.num_heads * self.head_dim] + [self.num_kv_heads * self.head_dim] * 2
         rotary = self.base.rotary_emb
         self.inv_freq = rotary.inv_freq
         self.rotary_scale = float(rotary.attention_scaling)
-        # Decoding steps through torch.compile (fused C++ kernels on CPU, Triton on GPU). Shapes are static:
-        # dynamic ones compiled to slower code on the CPU (docs/model.md, Decoding), so each batch size
-        # and cache size compiles once (a cache's slots are rounded up to SLOT_BUCKET to share graphs).
-        # The C++ wrapper calls the kernels without a Python frame each: 0.56 against 0.74 ms a step for
-        # the default model at batch 1 (eager: 1.50).
-        self._compiled = None
-        if compile:
-            import torch._dynamo
-
-            # Every (batch, tokens per step, cache size) is its own graph; the default limit of 8 would
-            # fall back to eager, silently, for the 9th shape a service meets.
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-            self._compiled = torch.compile(self._forward, dynamic=False, options={"cpp_wrapper": True})
+        # Decoding steps through torch.compile (fused C++ kernels on CPU, Triton on GPU), `compile_step`;
+        # a cache's slots are rounded up to SLOT_BUCKET so calls of a few lengths share graphs.
+        self._compiled = compile_step(self._forward) if compile else None
+        # q, k, v and gate, up as one matmul each (`packed`), where the copy is small enough not to matter.
+        layers = self.base.layers
+        self._pack_sources = [p for layer in layers for p in _packable(layer)]
+        self.pack = sum(p.numel() * p.element_size() for p in self._pack_sources) <= PACK_AT_MOST_BYTES
+        self._packed, self._packed_key = None, None
 
     def new_cache(self, batch: int, slots: int, dtype: torch.dtype | None = None,
                   device: torch.device | None = None) -> KVCache:
@@ -160,6 +189,22 @@ class StaticDecoder:
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
         return norm.weight * x32.to(dtype)
 
+    def packed(self) -> list[tuple] | None:
+        """Per layer (w_qkv, b_qkv, w_gate_up, b_gate_up): the attention's q, k and v projections stacked
+        into one weight, and the MLP's gate and up into another, so a step runs two matmuls where it ran
+        five (a small model's decoding step is mostly per-call overhead: the default model's guided step at
+        batch 1 took 1.13 -> 0.88 ms compiled and 3.03 -> 2.59 ms eager, best of three in one run). The stacks are copies, rebuilt when any source parameter changed (its
+        version counter or storage: training updates between RL rollouts, a reloaded state dict); None
+        when the copies would take more than PACK_AT_MOST_BYTES (large models, where a step is arithmetic)."""
+        if not self.pack:
+            return None
+        key = tuple((p.data_ptr(), p._version) for p in self._pack_sources)
+        if key != self._packed_key:
+            with torch.no_grad():
+                self._packed = [_pack_layer(layer) for layer in self.base.layers]
+            self._packed_key = key
+        return self._packed
+
     @property
     def compiled(self) -> bool:
         return self._compiled is not None
@@ -182,14 +227,15 @@ class StaticDecoder:
             real = torch.ones(b, t, dtype=torch.bool, device=embeds.device)
         run = self._compiled if self._compiled is not None and not prefill else self._forward
         logits = run(embeds, positions, real, cache.keys, cache.values, cache.real, cache.lengths, last_only,
-                     image_cells, source_ids)
+                     image_cells, source_ids, self.packed())
         cache.lengths = cache.lengths + t
         cache.longest += t
         return logits
 
     def _forward(self, embeds, positions, real, keys, values, cache_real, lengths, last_only: bool,
-                 image_cells=None, source_ids=None):
-        """`forward` on tensors alone (what `torch.compile` traces): writes the cache in place."""
+                 image_cells=None, source_ids=None, packed=None):
+        """`forward` on tensors alone (what `torch.compile` traces): writes the cache in place. `packed`:
+        the stacked projections of `packed()` (None: each projection on its own)."""
         if not embeds.is_floating_point():   # token ids: embedded here, inside the compiled graph
             embeds = (self.model.input_embeddings(embeds, image_cells, source_ids) if image_cells is not None
                       else self.model.get_input_embeddings()(embeds))
@@ -207,9 +253,11 @@ class StaticDecoder:
         for i, layer in enumerate(self.base.layers):
             attention, mlp = layer.self_attn, layer.mlp
             h = self._rms_norm(x, layer.input_layernorm)
-            q = F.linear(h, attention.q_proj.weight, attention.q_proj.bias).view(b, t, -1, self.head_dim).transpose(1, 2)
-            k = F.linear(h, attention.k_proj.weight, attention.k_proj.bias).view(b, t, -1, self.head_dim).transpose(1, 2)
-            v = F.linear(h, attention.v_proj.weight, attention.v_proj.bias).view(b, t, -1, self.head_dim).transpose(1, 2)
+            if packed is not None:
+                q, k, v = F.linear(h, packed[i][0], packed[i][1]).split(self.qkv_widths, dim=-1)
+            else:
+                q, k, v = (F.linear(h, p.weight, p.bias) for p in (attention.q_proj, attention.k_proj, attention.v_proj))
+            q, k, v = (z.view(b, t, -1, self.head_dim).transpose(1, 2) for z in (q, k, v))   # (B, heads, T, head_dim)
             q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)            # (B, heads, T, head_dim)
             keys[i].scatter_(2, index, k.to(keys[i].dtype))
             values[i].scatter_(2, index, v.to(values[i].dtype))
@@ -218,8 +266,11 @@ class StaticDecoder:
             out = out.transpose(1, 2).reshape(b, t, -1)                              # (B, T, heads * head_dim)
             x = x + F.linear(out, attention.o_proj.weight, attention.o_proj.bias)
             h = self._rms_norm(x, layer.post_attention_layernorm)
-            gate = F.linear(h, mlp.gate_proj.weight, mlp.gate_proj.bias)
-            up = F.linear(h, mlp.up_proj.weight, mlp.up_proj.bias)
+            if packed is not None:
+                gate, up = F.linear(h, packed[i][2], packed[i][3]).chunk(2, dim=-1)
+            else:
+                gate = F.linear(h, mlp.gate_proj.weight, mlp.gate_proj.bias)
+                up = F.linear(h, mlp.up_proj.weight, mlp.up_proj.bias)
             x = x + F.linear(mlp.act_fn(gate) * up, mlp.down_proj.weight, mlp.down_proj.bias)
         if last_only:
             x = x[:, -1]
