@@ -242,6 +242,10 @@ class RLConfig:
     # Prompts rolled out per step: of these, the prompts_per_step whose groups' rewards vary most are trained
     # on (DAPO's dynamic sampling, at a fixed cost); null = prompts_per_step, every group trained on.
     rollout_prompts: Optional[int] = MISSING
+    # Draw prompts by category (a generation prompt's: single, two, counting...; an edit's type), each
+    # weighted by how much its groups' rewards varied in the run's earlier steps (a category every sample
+    # passes, or every sample fails, teaches nothing); false: uniformly over the split's prompts.
+    curriculum: bool = MISSING
     group_size: int = MISSING                      # G images sampled per prompt; advantages are relative to the group
     max_steps: int = MISSING                     # rollout steps
     inner_updates: int = MISSING                   # optimiser steps per rollout batch (ratio != 1 after the first)

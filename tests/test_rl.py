@@ -154,18 +154,54 @@ def test_rl_trains_on_the_most_varied_groups_with_each_objective_setting(pretrai
     assert len(trained) == 3 and all(t >= a - 1e-6 for t, a in zip(trained, everyone))
 
 
-def test_rl_resumes_exactly(pretrained, tmp_path):
+def test_the_curriculum_draws_categories_by_their_groups_spread(pretrained):
+    """rl.curriculum: a category whose groups all scored alike falls to the floor weight, one not yet seen
+    weighs as the most varied, the running spread folds each step in; `draw` keeps to the weights
+    (a zero-weight category is never drawn) and draws the same prompts for the same step and weights."""
+    from types import SimpleNamespace
+
+    from arm.rl.data import RLPrompts
+    from arm.rl.train import CURRICULUM_DECAY, CURRICULUM_FLOOR, GRPOModule
+
+    prompts = RLPrompts(_config(pretrained).stage_dir("prepare"), "joint", prompts_per_step=8, steps=3)
+    categories = list(prompts.categories("t2i"))
+    assert len(categories) >= 3 and all(p.category for p in prompts.prompts["edit"])
+    varied, alike, unseen = categories[:3]
+    module = SimpleNamespace(prompts=prompts, spread={})
+    rewards = lambda *totals: [{"total": t} for t in totals]
+    GRPOModule._update_spread(module, [(0, "t2i", varied, rewards(0.0, 1.0)), (1, "t2i", alike, rewards(0.5, 0.5))])
+    GRPOModule._update_spread(module, [(0, "t2i", varied, rewards(0.0, 0.0))])
+    assert module.spread["t2i"][varied] == pytest.approx(CURRICULUM_DECAY * 0.5)
+    weights = GRPOModule.curriculum_weights(module)["t2i"]
+    top = CURRICULUM_DECAY * 0.5
+    assert weights[varied] == pytest.approx(top) and weights[unseen] == pytest.approx(top)
+    assert weights[alike] == pytest.approx(CURRICULUM_FLOOR * top)
+    only = {"t2i": {varied: 1.0}, "edit": {c: 1.0 for c in prompts.categories("edit")}}
+    drawn = prompts.draw(1, only)
+    assert {p.category for p in drawn if p.task == "t2i"} == {varied}
+    assert [p.text for p in prompts.draw(1, only)] == [p.text for p in drawn]
+    assert [p.text for p in prompts.draw(1)] == [p.text for p in prompts[1]]   # no weights: the uniform draw
+
+
+@pytest.mark.parametrize("curriculum", [False, True], ids=["uniform", "curriculum"])
+def test_rl_resumes_exactly(pretrained, tmp_path, curriculum):
+    """Stopped after step 2 and resumed: the weights of an uninterrupted run (with rl.curriculum, the
+    categories' running spread comes back from the checkpoint, so the resumed steps draw the same prompts)."""
     from arm.rl.stage import rl_stage
 
-    whole = _config(pretrained, f"rl.out_dir={tmp_path / 'whole'}")
+    whole = _config(pretrained, f"rl.out_dir={tmp_path / 'whole'}", f"rl.curriculum={curriculum}")
     rl_stage(whole)
-    parts = _config(pretrained, f"rl.out_dir={tmp_path / 'parts'}")
+    parts = _config(pretrained, f"rl.out_dir={tmp_path / 'parts'}", f"rl.curriculum={curriculum}")
     assert rl_stage(parts, stop_at_step=2) is None
     assert (tmp_path / "parts" / "checkpoints" / "last.ckpt").exists()
     rl_stage(parts)
     a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "parts")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+    spreads = [{(task, c): v for task, by in torch.load(tmp_path / run / "checkpoints" / "last.ckpt",
+                                                        weights_only=False)["category_spread"].items()
+                for c, v in by.items()} for run in ("whole", "parts")]
+    assert spreads[0] and spreads[0] == pytest.approx(spreads[1])   # every step folded in, before and after resuming
 
 
 def test_a_users_reward_from_config_and_equal_rewards_leave_the_policy_unchanged(pretrained, tmp_path):

@@ -36,6 +36,7 @@ class Prompt:
     edit: Edit | None = None
     target: np.ndarray | None = None   # editing, on a user's data: the record's target image
     index: int = 0                     # its place among the step's prompts (all processes'): seeds its samples
+    category: str = ""                 # the world's kind of prompt: a GenSpec's category, an Edit's type
 
 
 def load_prompts(prepare_dir: str | Path, split: str, tasks: tuple[str, ...], world: bool = True) -> dict[str, list[Prompt]]:
@@ -61,13 +62,14 @@ def load_prompts(prepare_dir: str | Path, split: str, tasks: tuple[str, ...], wo
         return out
     out: dict[str, list[Prompt]] = {}
     if "t2i" in tasks:
-        out["t2i"] = [Prompt("t2i", r["text"], spec=GenSpec.from_dict(r["meta"]["spec"]))
-                      for r in data.task("t2i", None) if "spec" in r["meta"]]
+        specs = [(r["text"], GenSpec.from_dict(r["meta"]["spec"])) for r in data.task("t2i", None) if "spec" in r["meta"]]
+        out["t2i"] = [Prompt("t2i", text, spec=spec, category=spec.category) for text, spec in specs]
     if "edit" in tasks:
         records = [r for r in data.task("edit", None) if "edit" in r["meta"]]
         sources = data.images([r["source_image"] for r in records])
-        out["edit"] = [Prompt("edit", r["text"], source=src, scene=Scene.from_dict(r["meta"]["scene"]),
-                              edit=Edit.from_dict(r["meta"]["edit"])) for r, src in zip(records, sources)]
+        edits = [Edit.from_dict(r["meta"]["edit"]) for r in records]
+        out["edit"] = [Prompt("edit", r["text"], source=src, scene=Scene.from_dict(r["meta"]["scene"]), edit=e,
+                              category=e.type) for r, src, e in zip(records, sources, edits)]
     for task, prompts in out.items():
         if not prompts:
             raise ValueError(f"the {split} split of {prepare_dir} has no world {task} records to run RL on; "
@@ -78,19 +80,35 @@ def load_prompts(prepare_dir: str | Path, split: str, tasks: tuple[str, ...], wo
 
 class RLPrompts(torch.utils.data.Dataset):
     """Step i -> a list of Prompts: all of one task, or for `joint` the first half generation and the
-    second half editing; in a job of W processes, this process's share (every W-th, from its rank on)."""
+    second half editing; in a job of W processes, this process's share (every W-th, from its rank on).
+    `draw(step, weights)` draws by category instead (rl.curriculum)."""
 
     def __init__(self, prepare_dir: str | Path, mode: str, prompts_per_step: int, steps: int, seed: int = 0,
                  start_step: int = 0, split: str = "train", world: bool = True):
         self.tasks = TASKS_OF_MODE[mode]
         self.prompts = load_prompts(prepare_dir, split, self.tasks, world)
         self.per_step, self.steps, self.seed, self.start = prompts_per_step, steps, seed, start_step
+        self._categories: dict[str, dict[str, list[int]]] = {}
 
     def __len__(self) -> int:
         return max(0, self.steps - self.start)
 
     def __getitem__(self, i: int) -> list[Prompt]:
-        step = self.start + i
+        return self.draw(self.start + i)
+
+    def categories(self, task: str) -> dict[str, list[int]]:
+        """The task's categories and the indices of their prompts, in first-seen order."""
+        if task not in self._categories:
+            groups: dict[str, list[int]] = {}
+            for j, p in enumerate(self.prompts[task]):
+                groups.setdefault(p.category, []).append(j)
+            self._categories[task] = groups
+        return self._categories[task]
+
+    def draw(self, step: int, weights: dict[str, dict[str, float]] | None = None) -> list[Prompt]:
+        """The step's prompts (this process's share). `weights` (task -> category -> weight): each prompt's
+        category is drawn in proportion to them, then a prompt of that category uniformly; None: uniformly
+        over the task's prompts. The same (seed, step, weights) always draws the same prompts."""
         # (The trailing 0 stands where the process rank was when each process drew prompts of its own:
         # one process draws what it always drew.)
         rng = np.random.default_rng([self.seed, step, 0])
@@ -99,7 +117,16 @@ class RLPrompts(torch.utils.data.Dataset):
         chosen = []
         for task, n in zip(self.tasks, counts):
             pool = self.prompts[task]
-            chosen += [pool[j] for j in rng.choice(len(pool), size=n, replace=len(pool) < n)]
+            if weights is None or task not in weights:
+                chosen += [pool[j] for j in rng.choice(len(pool), size=n, replace=len(pool) < n)]
+                continue
+            groups = self.categories(task)
+            names = list(groups)
+            w = np.array([max(float(weights[task].get(c, 0.0)), 0.0) for c in names])
+            w = w / w.sum() if w.sum() > 0 else np.full(len(names), 1.0 / len(names))
+            for c in rng.choice(len(names), size=n, p=w):
+                members = groups[names[c]]
+                chosen.append(pool[members[rng.integers(len(members))]])
         rank, world = process_rank()   # at iteration time: the process group exists only once fitting starts
         if self.per_step % world:
             raise ValueError(f"rl.prompts_per_step {self.per_step} must be a multiple of the number of processes "

@@ -145,6 +145,7 @@ def rl_stage(cfg: ArmConfig, *, stop_at_step: int | None = None) -> dict | None:
     replay = understanding_replay(cfg, info, text_tokenizer) if r.replay_weight > 0 else None
     total_updates = r.max_steps * r.inner_updates
     module = GRPOModule(model, reference, visual, info, text_tokenizer, reward_fn, r, cfg.sampling, replay)
+    module.prompts = prompts   # rl.curriculum draws each step's prompts itself
     loader = torch.utils.data.DataLoader(prompts, batch_size=None, shuffle=False)
     log_name = "rl" if not r.out_dir else f"rl-{out.name}"
     warn_if_bf16_is_emulated(r.precision, r.accelerator, "rl.precision")

@@ -41,6 +41,10 @@ from arm.rl.rewards import RewardSample
 from arm.schedules import warmup_cosine
 
 
+CURRICULUM_DECAY = 0.8    # rl.curriculum: weight of a category's earlier spread against its latest step's
+CURRICULUM_FLOOR = 0.1    # no category is drawn at less than this fraction of the most varied one's weight
+
+
 @dataclass
 class Rollout:
     prompts: list[Prompt]   # P prompts; sample i belongs to prompt i // G
@@ -184,6 +188,10 @@ class GRPOModule(L.LightningModule):
             self._frozen["reference"] = reference.eval().requires_grad_(False)
         self.automatic_optimization = False
         self.history: list[dict] = []  # per step: mean reward per task and component (for metrics.json)
+        # rl.curriculum: the prompts to draw from (`RLPrompts`, set by the stage) and, per task and category,
+        # a running mean of the spread of its groups' rewards (every step's, all processes', also without it).
+        self.prompts = None
+        self.spread: dict[str, dict[str, float]] = {}
 
     @property
     def reference(self):
@@ -200,9 +208,34 @@ class GRPOModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["reward_history"] = self.history  # so a resumed run still reports its whole curve
+        checkpoint["category_spread"] = self.spread  # so a resumed curriculum draws what it would have
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.history = list(checkpoint.get("reward_history", []))
+        self.spread = {task: dict(v) for task, v in checkpoint.get("category_spread", {}).items()}
+
+    # --- 0. the curriculum ------------------------------------------------------------------------------
+
+    def curriculum_weights(self) -> dict[str, dict[str, float]]:
+        """Task -> category -> weight for `RLPrompts.draw`: the running spread of the category's groups'
+        rewards; a category not yet rolled out weighs as the most varied one, and none falls below
+        CURRICULUM_FLOOR of it (the estimates of a category drawn rarely would otherwise never recover)."""
+        out = {}
+        for task in self.prompts.tasks:
+            seen = self.spread.get(task, {})
+            top = max(seen.values(), default=0.0) or 1.0
+            out[task] = {c: max(seen.get(c, top), CURRICULUM_FLOOR * top) for c in self.prompts.categories(task)}
+        return out
+
+    def _update_spread(self, groups: list[tuple]) -> None:
+        """Fold a step's groups (index, task, category, rewards) into the running spread per category."""
+        step: dict[tuple[str, str], list[float]] = {}
+        for _, task, category, samples in groups:
+            step.setdefault((task, category), []).append(float(np.std([r["total"] for r in samples])))
+        for (task, category), spreads in step.items():
+            value, seen = float(np.mean(spreads)), self.spread.setdefault(task, {})
+            seen[category] = value if category not in seen else \
+                CURRICULUM_DECAY * seen[category] + (1 - CURRICULUM_DECAY) * value
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
         return batch  # Prompts (text, numpy images, scene graphs): the rollout moves what it needs
@@ -273,6 +306,8 @@ class GRPOModule(L.LightningModule):
         s = self.settings
         started = time.perf_counter()
         step = self.global_step // s.inner_updates
+        if s.curriculum:   # the loader's uniform draw is replaced by one weighted by what earlier steps taught
+            batch = self.prompts.draw(step, self.curriculum_weights())
         rolled = self.rollout(batch, step)
         rollout_seconds = time.perf_counter() - started
         # With rl.rollout_prompts > prompts_per_step, train on the groups with the most signal (this
@@ -331,12 +366,16 @@ class GRPOModule(L.LightningModule):
                   step: int) -> None:
         g = self.settings.group_size
         # Every process's groups in the step's order: the curves and metrics.json are the whole step's.
-        groups = sorted(all_processes([(p.index, p.task, roll.rewards[i * g:(i + 1) * g])
+        groups = sorted(all_processes([(p.index, p.task, p.category, roll.rewards[i * g:(i + 1) * g])
                                        for i, p in enumerate(roll.prompts)]), key=lambda group: group[0])
-        rewards = torch.tensor([[r["total"] for r in samples] for _, _, samples in groups])  # (P, G)
+        rewards = torch.tensor([[r["total"] for r in samples] for *_, samples in groups])  # (P, G)
+        self._update_spread(groups)
+        for task, categories in self.spread.items():
+            for category, value in categories.items():
+                self.log(f"rl/spread_{task}_{category or 'all'}", value)
         summary = {}
         for task in ("t2i", "edit"):
-            rows = [r for _, t, samples in groups if t == task for r in samples]
+            rows = [r for _, t, _, samples in groups if t == task for r in samples]
             for key in (rows[0] if rows else {}):
                 values = np.array([r[key] for r in rows])
                 summary[f"{task}/{key}"] = float(values.mean())
