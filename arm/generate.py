@@ -91,7 +91,8 @@ def row_probs(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tens
     its argmax. Row by row the same as `filter_logits` and a softmax at that row's settings.
 
     >>> logits = torch.tensor([[2.0, 1.0, 0.0], [2.0, 1.0, 0.0]])
-    >>> row_probs(logits, torch.tensor([[0.0], [1.0]]), torch.tensor([[0], [2]]), torch.tensor([[1.0], [1.0]])).round(decimals=3).tolist()
+    >>> probs = row_probs(logits, torch.tensor([[0.0], [1.0]]), torch.tensor([[0], [2]]), torch.tensor([[1.0], [1.0]]))
+    >>> [[round(p, 3) for p in row] for row in probs.tolist()]
     [[1.0, 0.0, 0.0], [0.731, 0.269, 0.0]]
     """
     x = logits.float()
