@@ -421,11 +421,10 @@ class Engine:
         commit = torch.where(active, torch.minimum(accepted + 1, n - done), torch.zeros_like(done))
         columns = torch.where(offsets[None, :] < commit[:, None], done[:, None] + offsets, n)
         codes = codes.scatter(1, columns, candidates)
-        # The cache keeps the fed code and the committed drafts, and forgets the rest (every row of an image alike).
-        kept = commit.repeat(copies)
-        length = length + kept
+        # The cache keeps the fed code and the committed drafts, and forgets the rest.
+        length = length + commit.repeat(copies)
         forget_from(tensors[2], length)
-        position = position + kept
+        position = position + commit.repeat(copies)
         # Draft cells done .. done + W - 1 from this step's distributions where it has them.
         ahead = commit[:, None] + offsets[:window]                                             # index into probs
         known = (ahead <= window)[..., None]
